@@ -1,0 +1,1 @@
+"""TLS helpers for rfc6455 and chatd: safe ``ssl`` contexts and local certificates."""
