@@ -5,6 +5,7 @@ permessage-deflate); it imports only the standard library. This module is its pu
 face: everything a user needs is importable from ``rfc6455``.
 """
 
+from rfc6455.client import Client, ConnectionClosed, connect
 from rfc6455.codes import CloseCode, Opcode, is_sendable_close_code
 from rfc6455.connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role, State
 from rfc6455.deflate import DeflateOptions, PerMessageDeflate
@@ -33,9 +34,11 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "Accepted",
     "BinaryMessage",
+    "Client",
     "CloseCode",
     "CloseReceived",
     "Connection",
+    "ConnectionClosed",
     "DeflateOptions",
     "Event",
     "Frame",
@@ -59,6 +62,7 @@ __all__ = [
     "WebSocketError",
     "accept_key",
     "apply_mask",
+    "connect",
     "encode_frame",
     "is_sendable_close_code",
     "is_websocket_upgrade",

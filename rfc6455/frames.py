@@ -65,11 +65,13 @@ class Frame(NamedTuple):
     """One WebSocket frame, its payload already unmasked.
 
     A NamedTuple rather than a dataclass: frames are made once per frame on the hot path,
-    and a tuple is immutable and the cheapest object Python builds.
+    and a tuple is immutable and the cheapest object Python builds. A large payload the
+    parser had to unmask or cut out of its own buffer comes as a ``bytearray``, which
+    spares a copy of up to a megabyte; treat it as read-only.
     """
 
     opcode: Opcode
-    payload: bytes
+    payload: bytes | bytearray
     fin: bool = True
     rsv1: bool = False
     rsv2: bool = False
@@ -95,7 +97,8 @@ def apply_mask(data: bytes | bytearray, mask: bytes) -> bytes:
     """
     if len(mask) != 4:
         raise LocalProtocolError("a masking key is exactly 4 bytes")
-    return _unmask(data, 0, len(data), mask)
+    result = _unmask(data, 0, len(data), mask)
+    return result if type(result) is bytes else bytes(result)
 
 
 # For a payload of n <= 125 bytes (every control frame, most chat messages): the 4-byte
@@ -106,8 +109,12 @@ _KEY_REPEAT = [sum(1 << (32 * word) for word in range((n + 3) // 4)) for n in ra
 _KEY_SHIFT = [8 * (-n % 4) for n in range(126)]
 
 
-def _unmask(buf: bytes | bytearray, start: int, end: int, mask: bytes) -> bytes:
-    """Unmask ``buf[start:end]`` with ``mask`` aligned at ``start``; hot path."""
+def _unmask(buf: bytes | bytearray, start: int, end: int, mask: bytes) -> bytes | bytearray:
+    """Unmask ``buf[start:end]`` with ``mask`` aligned at ``start``; hot path.
+
+    Large payloads come back as the ``bytearray`` they were assembled in: converting a
+    megabyte to ``bytes`` costs a third of the unmasking itself (bench/test_frames.py).
+    """
     length = end - start
     if length <= MAX_CONTROL_PAYLOAD:
         return (
@@ -129,7 +136,7 @@ def _unmask(buf: bytes | bytearray, start: int, end: int, mask: bytes) -> bytes:
     out[1::4] = buf[start + 1 : end : 4].translate(tables[mask[1]])
     out[2::4] = buf[start + 2 : end : 4].translate(tables[mask[2]])
     out[3::4] = buf[start + 3 : end : 4].translate(tables[mask[3]])
-    return bytes(out)
+    return out
 
 
 # --- encoding (section 5.2) --------------------------------------------------------------
@@ -232,7 +239,9 @@ class FrameParser:
 
     def consume_to(self, position: int) -> None:
         """Mark the buffer as parsed up to ``position`` (see ``buffer``)."""
-        self._pos = position
+        if position != self._pos:
+            self._pos = position
+            self._need = 2  # what next_frame waited for may have been consumed
 
     @property
     def buffered(self) -> int:
@@ -314,10 +323,8 @@ class FrameParser:
         start = pos + header_size
         if masked:
             payload = _unmask(buf, start, end, bytes(buf[start - 4 : start]))
-        elif isinstance(buf, bytes):
-            payload = buf[start:end]
         else:
-            payload = bytes(buf[start:end])
+            payload = buf[start:end]
         self._pos = end
         self._need = 2
         return Frame(
@@ -329,38 +336,46 @@ class FrameParser:
             first & _RSV3 != 0,
         )
 
-    def peek_payload(self, start: int) -> tuple[Opcode, bool, bytes] | None:
+    def peek_header(self) -> tuple[Opcode, bool] | None:
+        """The opcode and RSV1 bit of the frame whose payload is still arriving.
+
+        None when no frame header is complete. Used with ``peek_payload``.
+        """
+        buf = self._buf
+        pos = self._pos
+        if len(buf) - pos < 2:
+            return None
+        opcode = _OPCODES[buf[pos] & 0x0F]
+        if opcode is None:  # the next call to next_frame raises; nothing to show
+            return None
+        return opcode, buf[pos] & _RSV1 != 0
+
+    def peek_payload(self, start: int) -> bytes | bytearray:
         """Look into the frame whose payload is still arriving, without consuming it.
 
-        Returns its opcode, whether RSV1 is set, and its unmasked payload from offset
-        ``start`` to what has arrived; None when no frame header is complete. The
-        connection uses it to validate UTF-8 before a large text frame is complete
-        (section 8.1: fail "as soon as" invalid data is seen).
+        Returns its unmasked payload from offset ``start`` to what has arrived (b"" if
+        nothing new). The connection uses it to validate UTF-8 before a large text frame
+        is complete (section 8.1: fail "as soon as" invalid data is seen); each call
+        unmasks only the new bytes, so a frame arriving in pieces costs linear time.
         """
         buf = self._buf
         pos = self._pos
         available = len(buf) - pos
         if available < 2:
-            return None
+            return b""
         second = buf[pos + 1]
         length = second & 0x7F
         header_size = 2 if length < 126 else 4 if length == 126 else 10
         if second & _MASK_BIT:
             header_size += 4
         if available <= header_size + start:
-            return None
-        opcode = _OPCODES[buf[pos] & 0x0F]
-        if opcode is None:  # the next call to next_frame raises; nothing to show
-            return None
+            return b""
         payload_start = pos + header_size
         data_start = payload_start + start
         data_end = len(buf)
-        if second & _MASK_BIT:
-            key = bytes(buf[payload_start - 4 : payload_start])
-            # Rotate the key so that it lines up with byte ``start`` of the payload.
-            shift = start & 3
-            key = key[shift:] + key[:shift]
-            data = _unmask(buf, data_start, data_end, key)
-        else:
-            data = bytes(buf[data_start:data_end])
-        return opcode, buf[pos] & _RSV1 != 0, data
+        if not second & _MASK_BIT:
+            return bytes(buf[data_start:data_end])
+        key = bytes(buf[payload_start - 4 : payload_start])
+        # Rotate the key so that it lines up with byte ``start`` of the payload.
+        shift = start & 3
+        return _unmask(buf, data_start, data_end, key[shift:] + key[:shift])
