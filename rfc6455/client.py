@@ -443,10 +443,6 @@ class Client:
             return []
         connection = self._connection
         events = connection.receive_data(data)
-        if connection.failure_pending:
-            # The peer broke the protocol after these events, in the same read: fail the
-            # connection now (they stay queued for recv) rather than at the next read.
-            connection.receive_data(b"")
         # Pongs, the reply to a close, or the close that fails the connection.
         reply = connection.data_to_send()
         if reply:

@@ -123,12 +123,19 @@ class Connection:
     declared lengths before payloads are buffered (close 1009). ``fragment_size`` splits
     outgoing messages into frames of at most that many payload bytes. ``subprotocols``
     is the server's supported list in order of preference, or the client's offer.
-    ``deflate`` enables permessage-deflate (RFC 7692) with those options.
+    ``deflate_options`` enables permessage-deflate (RFC 7692) with those options.
+
+    ``pause_before_closing`` makes ``receive_data`` stop at a close frame or a protocol
+    violation that follows messages in the same bytes: the messages are returned with the
+    connection still OPEN (``paused``), so the application can answer them before the
+    close; then it calls ``receive_data(b"")``. The server runtime turns it on, so that a
+    peer that sends a message and closes at once still gets its answer.
     """
 
     __slots__ = (
         "_client_key",
         "_decoder",
+        "_deferred_close",
         "_deferred_failure",
         "_extension",
         "_frame_limit",
@@ -154,6 +161,7 @@ class Connection:
         "fragment_size",
         "http_limits",
         "max_message_size",
+        "pause_before_closing",
         "request",
         "role",
         "subprotocol",
@@ -173,6 +181,7 @@ class Connection:
         extension: deflate.PerMessageDeflate | None = None,
         http_limits: HttpLimits = DEFAULT_LIMITS,
         mask_source: Callable[[int], bytes] = os.urandom,
+        pause_before_closing: bool = False,
     ) -> None:
         if state not in (State.CONNECTING, State.OPEN):
             raise LocalProtocolError("a connection starts CONNECTING or OPEN")
@@ -188,6 +197,7 @@ class Connection:
         self.subprotocols = tuple(subprotocols)
         self.deflate_options = deflate_options
         self.http_limits = http_limits
+        self.pause_before_closing = pause_before_closing
         self._mask_source = mask_source
         self._is_client = role is Role.CLIENT
         self._parser = FrameParser(
@@ -228,6 +238,8 @@ class Connection:
         self._validated = 0
         # A violation found after events of the same call, applied at the next call.
         self._deferred_failure: RemoteProtocolError | None = None
+        # A close frame that came after events of the same call, handled at the next call.
+        self._deferred_close: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.role.value} {self._state.value}>"
@@ -426,11 +438,14 @@ class Connection:
         """Take bytes from the peer; return the events they complete, in order.
 
         Violations never raise: they queue a close frame with the right code (1002,
-        1007 or 1009), record ``failure`` and close the connection.
+        1007 or 1009), record ``failure`` and close the connection. When ``paused``,
+        this call first handles the close frame or violation it paused at; then the
+        connection is closed and ``data`` is ignored.
         """
         events: list[Event] = []
-        if self._deferred_failure is not None:
-            self._fail(self._deferred_failure)
+        if self._deferred_failure is not None or self._deferred_close is not None:
+            self._resume(events)
+            return events
         state = self._state
         if state is State.CONNECTING:
             self._receive_handshake(data, events)
@@ -478,7 +493,7 @@ class Connection:
                     events.append(BinaryMessage(bytes(payload)))
                     continue
             self._receive_frame(opcode, payload, fin, rsv1, events)
-            if self._state is not State.OPEN:
+            if self._state is not State.OPEN or self._deferred_close is not None:
                 return
         if parser.buffered:
             self._validate_partial_text()
@@ -559,8 +574,8 @@ class Connection:
 
     def receive_eof(self) -> None:
         """The transport closed. Without a close handshake, that is 1006 (section 7.1.5)."""
-        if self._deferred_failure is not None:
-            self._fail(self._deferred_failure)
+        if self._deferred_failure is not None or self._deferred_close is not None:
+            self._resume([])
         if self._state is State.CLOSED:
             return
         # Not CLOSED, so no close frame was received (receiving one closes).
@@ -588,6 +603,11 @@ class Connection:
                 events.append(Ping(payload))
             elif opcode is Opcode.PONG:
                 events.append(Pong(payload))
+            elif self.pause_before_closing and _answerable(events):
+                # Messages came first in this call: let the application answer them
+                # before the close shuts the connection (section 5.5.1: an endpoint "MAY
+                # delay sending a Close frame until its current message is sent").
+                self._deferred_close = payload
             else:
                 self._receive_close(payload, events)
             return
@@ -723,13 +743,33 @@ class Connection:
         events.append(CloseReceived(code, reason))
 
     @property
-    def failure_pending(self) -> bool:
-        """True when ``receive_data`` returned messages and then met a violation.
+    def paused(self) -> bool:
+        """True when ``receive_data`` returned messages and stopped at a close frame or a
+        violation that came after them in the same bytes.
 
-        Answer the messages, then call ``receive_data(b"")`` (or just keep reading):
-        the connection fails then.
+        The connection is still OPEN so that the application can answer those messages;
+        then call ``receive_data(b"")`` (the runtime does it after every batch of events)
+        and the close is handled, or the connection fails, in the order the peer sent.
         """
+        return self._deferred_failure is not None or self._deferred_close is not None
+
+    @property
+    def failure_pending(self) -> bool:
+        """True when ``paused`` at a protocol violation (see ``paused``)."""
         return self._deferred_failure is not None
+
+    def _resume(self, events: list[Event]) -> None:
+        """Handle the close frame or violation that ``receive_data`` paused at."""
+        if self._deferred_failure is not None:
+            self._fail(self._deferred_failure)
+            return
+        payload = self._deferred_close
+        assert payload is not None
+        self._deferred_close = None
+        try:
+            self._receive_close(payload, events)
+        except RemoteProtocolError as error:
+            self._fail(error)
 
     def _fail_after(self, events: list[Event], error: RemoteProtocolError) -> None:
         """Fail now, or, if messages came before the violation, once they are answered.
@@ -739,8 +779,7 @@ class Connection:
         failure takes effect at the next ``receive_data()`` (or ``receive_eof()``) call.
         Autobahn|Testsuite calls the other order "non-strict" (cases 3.2, 4.1.3, 5.15).
         """
-        answerable = events and type(events[-1]) is not Accepted
-        if answerable and self._state is State.OPEN:
+        if self.pause_before_closing and _answerable(events) and self._state is State.OPEN:
             self._deferred_failure = error
         else:
             self._fail(error)
@@ -857,6 +896,11 @@ class Connection:
         self._transition(_Trigger.SEND_CLOSE)
         self._reset_message()
         return self._frame(Opcode.CLOSE, payload)
+
+
+def _answerable(events: list[Event]) -> bool:
+    """True if ``events`` ends with something the application may want to answer."""
+    return bool(events) and type(events[-1]) is not Accepted
 
 
 def _truncate_reason(reason: str) -> str:

@@ -54,7 +54,8 @@ class EchoHandler(Handler):
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m rfc6455.echo", description=__doc__.split("\n")[0]
+        prog="python -m rfc6455.echo",
+        description="The echo server: every text and binary message comes back unchanged.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
@@ -63,16 +64,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-deflate", action="store_true", help="refuse permessage-deflate")
     # Conformance suites send 16 MiB messages; 64 MiB leaves room, as the issue asks.
     parser.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.keyfile and not args.certfile:
+        parser.error("--keyfile needs --certfile")  # never serve ws:// when wss:// was meant
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
 
     ssl_context = None
     if args.certfile:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         ssl_context.set_alpn_protocols(["http/1.1"])
-        ssl_context.load_cert_chain(args.certfile, args.keyfile)
+        try:
+            ssl_context.load_cert_chain(args.certfile, args.keyfile)
+        except OSError as error:  # ssl.SSLError too: a key that does not match, bad PEM
+            print(f"cannot load the certificate {args.certfile}: {error}", file=sys.stderr)
+            return 1
     config = ServerConfig(
         max_message_size=args.max_message_size,
         deflate=None if args.no_deflate else DeflateOptions(),

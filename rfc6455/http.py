@@ -93,6 +93,9 @@ _field_value_re = re.compile(_FIELD_VALUE)
 _request_target_re = re.compile(_REQUEST_TARGET)
 _http_version_re = re.compile(_HTTP_VERSION)
 _bad_value_char_re = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+# The bytes a request head may start with: a method (a token), then a space.
+_method_prefix_re = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]*")
+_STATUS_LINE_PREFIX = b"HTTP/"
 
 
 class Headers:
@@ -314,6 +317,17 @@ def _check_incomplete_start_line(
     comes; an over-long request line deserves its own status (414), which a head-size
     check alone would turn into 431.
     """
+    # Garbage without a line ending (a TLS ClientHello on the plain port, a binary
+    # protocol) is refused at its first byte that cannot start a head, not after the
+    # handshake timeout.
+    if not request:
+        if not _STATUS_LINE_PREFIX.startswith(bytes(data[:5])):
+            raise InvalidHandshake("invalid HTTP response: not an HTTP status line", 0)
+    elif data[:1] not in (b"\r", b"\n"):  # a line break first is judged below
+        method = _method_prefix_re.match(data)
+        assert method is not None  # the pattern matches the empty string
+        if method.end() < len(data) and (method.end() == 0 or data[method.end()] != 0x20):
+            raise InvalidHandshake("not an HTTP request")
     line_end = data.find(b"\n", 0, limits.max_line_length + 2)
     if line_end == -1:
         if len(data) >= limits.max_line_length + 2:

@@ -41,7 +41,7 @@ from rfc6455.events import (
     TextMessage,
 )
 from rfc6455.frames import encode_frame
-from rfc6455.handshake import is_websocket_upgrade
+from rfc6455.handshake import is_websocket_upgrade, validate_request
 from rfc6455.http import (
     DEFAULT_LIMITS,
     HttpLimits,
@@ -61,6 +61,10 @@ __all__ = [
 
 logger = logging.getLogger("rfc6455.server")
 
+#: Seconds to stop accepting after running out of file descriptors or memory; retrying
+#: at once would spin the loop (the listener stays readable) and flood the log.
+ACCEPT_RETRY_DELAY = 1.0
+
 #: How much one ``recv`` reads. Also the most a connection reads per loop tick, so one
 #: busy peer cannot starve the others.
 READ_SIZE = 64 * 1024
@@ -78,7 +82,8 @@ class ServerConfig:
     ping_timeout: float | None = 20.0
     close_timeout: float = 5.0
     idle_timeout: float | None = None
-    #: Outgoing bytes a connection may have waiting before it counts as a slow consumer.
+    #: Outgoing bytes a connection may have waiting, beyond what the kernel took, before it
+    #: counts as a slow consumer.
     write_limit: int = 1024 * 1024
     max_http_body: int = 1024 * 1024
     subprotocols: tuple[str, ...] = ()
@@ -118,10 +123,11 @@ class Handler:
     def on_connect(
         self, connection: ServerConnection, request: Request
     ) -> Sequence[tuple[str, str]]:
-        """Decide on a WebSocket upgrade; return extra response headers.
+        """Decide on a valid WebSocket upgrade; return extra response headers.
 
         Raise ``InvalidHandshake`` to refuse it with that HTTP status (an Origin check,
-        authentication). The default accepts every upgrade.
+        authentication); any other exception refuses it with 500. Requests that break
+        section 4.2.1 are refused before this is called. The default accepts every upgrade.
         """
         return ()
 
@@ -147,6 +153,33 @@ class _Listener:
     def __init__(self, sock: socket.socket, tls: ssl.SSLContext | None) -> None:
         self.sock = sock
         self.tls = tls
+
+
+class _Wakeup:
+    """``SelectorKey.data`` of a socket pair that wakes ``select`` from another thread or
+    a signal handler (the self-pipe trick, as ``asyncio`` does).
+    """
+
+    __slots__ = ("reader", "writer")
+
+    def __init__(self) -> None:
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+
+    def wake(self) -> None:
+        # Full means a wake-up is already pending; closed means the server is gone.
+        with contextlib.suppress(OSError):
+            self.writer.send(b"\0")
+
+    def drain(self) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError: drained
+            while self.reader.recv(4096):
+                pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
 
 
 class ServerConnection:
@@ -177,6 +210,7 @@ class ServerConnection:
         self._http_request: Request | None = None
         self._http_body = bytearray()
         self._http_body_length = 0
+        self._replay = b""  # bytes after a keep-alive HTTP request, for the next one
         self._handshake_timer: Timer | None = None
         self._ping_timer: Timer | None = None
         self._pong_timer: Timer | None = None
@@ -266,12 +300,35 @@ class ServerConnection:
             self.server._dirty.append(self)
         self._pending.append(data)
         self._pending_size += len(data)
+        limit = self.server.config.write_limit
         if (
-            self._pending_size + len(self._outgoing) > self.server.config.write_limit
+            self._pending_size + len(self._outgoing) > limit
             and not self._slow
             and self.protocol.state is State.OPEN
         ):
-            self._slow_consumer()
+            # Coalescing pays off for small frames; this much is worth a send now, and the
+            # peer is judged by what the kernel refuses, not by what one tick queued.
+            self._send_early()
+            if self.buffered_amount > limit:
+                self._slow_consumer()
+
+    def _send_early(self) -> None:
+        """Give the kernel what is queued, mid-tick. A failed send is not reported here
+        (we may be inside a handler): the write path meets the error again and aborts.
+        """
+        if self._outgoing:
+            return  # the kernel already refuses bytes
+        pending = self._pending
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._pending_size = 0
+        try:
+            sent = self.sock.send(data)
+        except OSError:  # BlockingIOError, SSLWant*Error, or a failure seen again later
+            sent = 0
+        if sent < len(data):
+            self._outgoing += memoryview(data)[sent:]
+            self._want_write(True)
 
     def _slow_consumer(self) -> None:
         """The peer does not read fast enough: close instead of buffering without end."""
@@ -281,7 +338,9 @@ class ServerConnection:
         logger.warning(
             "%s: closing slow consumer (%d bytes waiting)", self.peer, self.buffered_amount
         )
-        self._pending.append(self.protocol.close(code, "slow consumer"))
+        close_frame = self.protocol.close(code, "slow consumer")
+        self._pending.append(close_frame)
+        self._pending_size += len(close_frame)
         self._start_close_timer()
 
     def _flush(self) -> None:
@@ -376,13 +435,16 @@ class ServerConnection:
                     return
 
     def _receive(self, data: bytes) -> None:
-        if self._shut_down:
-            return  # waiting for the peer's EOF after our FIN; nothing more matters
-        if self._http_request is not None:
-            self._receive_http_body(data)
-            return
-        events = self.protocol.receive_data(data)
-        self._handle_events(events)
+        # A loop, not recursion: the bytes after a keep-alive HTTP request (pipelined
+        # requests) come back through ``_replay``, however many there are.
+        while data:
+            if self._close_after_flush or self.closed:
+                return  # the last answer is queued or sent; nothing the peer adds matters
+            if self._http_request is not None:
+                self._receive_http_body(data)
+            else:
+                self._handle_events(self.protocol.receive_data(data))
+            data, self._replay = self._replay, b""
 
     def _handle_events(self, events: list[Event]) -> None:
         # What the protocol answered on its own while parsing (pongs) goes out before
@@ -413,8 +475,9 @@ class ServerConnection:
         if self.closed:
             return
         protocol = self.protocol
-        if protocol.failure_pending:
-            protocol.receive_data(b"")  # the messages before a violation are answered
+        if protocol.paused:
+            # The messages before a close frame or a violation are answered: go on.
+            protocol.receive_data(b"")
         self._queue(protocol.data_to_send())
         if protocol.failure is not None and not self._close_after_flush:
             failure = protocol.failure
@@ -444,15 +507,21 @@ class ServerConnection:
             self._start_http(request)
             return
         try:
+            # The application decides on valid upgrades only (section 4.2.1 first).
+            validate_request(request)
             extra = list(server.handler.on_connect(self, request))
-            if server.config.server_header:
-                extra.append(("Server", server.config.server_header))
-            response = self.protocol.accept(extra_headers=extra)
         except InvalidHandshake as error:
-            server.stats["handshakes_rejected"] += 1
-            logger.info("%s: handshake refused with %d: %s", self.peer, error.status, error.reason)
-            self._queue(self.protocol.reject(error))
+            self._refuse(error)
             return
+        except Exception:
+            logger.exception("%s: on_connect failed for %s", self.peer, request.path)
+            self._refuse(InvalidHandshake("internal server error", 500))
+            return
+        if self.closed:
+            return  # on_connect closed the connection itself
+        if server.config.server_header:
+            extra.append(("Server", server.config.server_header))
+        response = self.protocol.accept(extra_headers=extra)
         server.stats["handshakes_accepted"] += 1
         self._queue(response)
         self._cancel(self._handshake_timer)
@@ -464,6 +533,11 @@ class ServerConnection:
         # Bytes that came right behind the request are parsed now.
         if not self.closed and self.protocol.state is State.OPEN:
             self._handle_events(self.protocol.receive_data(b""))
+
+    def _refuse(self, error: InvalidHandshake) -> None:
+        self.server.stats["handshakes_rejected"] += 1
+        logger.info("%s: handshake refused with %d: %s", self.peer, error.status, error.reason)
+        self._queue(self.protocol.reject(error))
 
     def _start_http(self, request: Request) -> None:
         try:
@@ -507,8 +581,7 @@ class ServerConnection:
             self._handshake_timer = self.server._timers.call_later(
                 self.server.config.handshake_timeout, self._on_handshake_timeout
             )
-            if rest:
-                self._receive(rest)
+            self._replay = rest
 
     def _respond_http(self, response: HttpResponse, keep_alive: bool) -> None:
         headers = [("Content-Type", response.content_type), *response.headers]
@@ -516,7 +589,11 @@ class ServerConnection:
             headers.append(("Server", self.server.config.server_header))
         headers.append(("Connection", "keep-alive" if keep_alive else "close"))
         self.server.stats["http_requests"] += 1
-        self._queue(serialize_response(response.status, headers, response.body))
+        message = serialize_response(response.status, headers, response.body)
+        if self.request is not None and self.request.method == "HEAD" and response.body:
+            # RFC 9110 section 9.3.2: the same header fields as GET, without the content.
+            message = message[: -len(response.body)]
+        self._queue(message)
         if not keep_alive:
             self._close_after_flush = True
             self._start_close_timer()
@@ -637,9 +714,10 @@ class ServerConnection:
             return
         self._shut_down = True
         try:
-            if isinstance(self.sock, ssl.SSLSocket):
-                self._finish()  # a TLS close_notify dance is not worth a stalled loop
-                return
+            # With TLS too: closing the socket now over unread bytes (whatever the peer sent
+            # after its close) would answer with an RST that can destroy our last frames in
+            # flight. SSLSocket.shutdown drops TLS without a close_notify exchange, which
+            # the closing handshake makes unnecessary; what the peer still sends is ignored.
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._finish()
@@ -711,6 +789,8 @@ class Server:
         self._listeners: list[_Listener] = []
         self.connections: set[ServerConnection] = set()
         self._dirty: list[ServerConnection] = []
+        self._wakeup = _Wakeup()
+        self._selector.register(self._wakeup.reader, selectors.EVENT_READ, self._wakeup)
         self._stopping = False
         self._shutdown_requested = False
         self.stats: dict[str, int] = {
@@ -769,11 +849,23 @@ class Server:
                 return
             except OSError as error:
                 if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    logger.error("accept failed, out of resources: %s", error)
+                    logger.error(
+                        "accept failed, out of resources: %s; pausing accepts for %ss",
+                        error,
+                        ACCEPT_RETRY_DELAY,
+                    )
+                    self._selector.unregister(listener.sock)
+                    self._timers.call_later(
+                        ACCEPT_RETRY_DELAY, lambda: self._resume_accepting(listener)
+                    )
                     return
                 logger.warning("accept failed: %s", error)
                 return
             self._start_connection(sock, address, listener.tls)
+
+    def _resume_accepting(self, listener: _Listener) -> None:
+        if listener in self._listeners:  # not closed by a shutdown in the meantime
+            self._selector.register(listener.sock, selectors.EVENT_READ, listener)
 
     def _start_connection(
         self, sock: socket.socket, address: Any, tls: ssl.SSLContext | None
@@ -816,6 +908,9 @@ class Server:
             subprotocols=config.subprotocols,
             deflate_options=config.deflate,
             http_limits=config.http_limits,
+            # Answer a peer's last messages before its close (or its violation) shuts
+            # the connection; _after_protocol resumes the protocol afterwards.
+            pause_before_closing=True,
         )
 
     # --- broadcast -------------------------------------------------------------------------
@@ -847,6 +942,9 @@ class Server:
             if isinstance(data, _Listener):
                 self._accept(data)
                 continue
+            if isinstance(data, _Wakeup):
+                data.drain()
+                continue
             connection: ServerConnection = data
             try:
                 if mask & selectors.EVENT_READ and not connection.closed:
@@ -877,13 +975,15 @@ class Server:
         self._finish_shutdown(shutdown_timeout)
 
     def request_shutdown(self) -> None:
-        """Ask the loop to shut down (safe from a signal handler)."""
+        """Ask the loop to shut down; safe from another thread or a signal handler."""
         self._shutdown_requested = True
+        self._wakeup.wake()
 
     def _begin_shutdown(self) -> None:
         self._stopping = True
         for listener in self._listeners:
-            self._selector.unregister(listener.sock)
+            with contextlib.suppress(KeyError):  # not registered while accepts are paused
+                self._selector.unregister(listener.sock)
             listener.sock.close()
         self._listeners.clear()
         for connection in list(self.connections):
@@ -903,6 +1003,7 @@ class Server:
         for connection in list(self.connections):
             connection._abort("shutdown deadline")
         self._selector.close()
+        self._wakeup.close()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, close every connection with 1001, wait for the replies up to
@@ -922,3 +1023,4 @@ class Server:
             listener.sock.close()
         self._listeners.clear()
         self._selector.close()
+        self._wakeup.close()

@@ -448,7 +448,7 @@ def test_many_frames_within_max_frame_size_make_a_larger_message() -> None:
 
 
 def test_events_before_a_violation_in_the_same_chunk_are_returned() -> None:
-    conn = server()
+    conn = server(pause_before_closing=True)
     data = (
         masked(Opcode.TEXT, b"a")
         + masked(Opcode.PING, b"p")
@@ -477,7 +477,7 @@ def test_events_before_a_violation_in_the_same_chunk_are_returned() -> None:
 
 
 def test_pending_failure_takes_effect_on_receive_data_of_nothing() -> None:
-    conn = server()
+    conn = server(pause_before_closing=True)
     data = masked(Opcode.TEXT, b"echo me") + masked(Opcode.CONTINUATION, b"x")
     assert conn.receive_data(data) == [TextMessage("echo me")]
     assert conn.failure_pending
@@ -487,7 +487,7 @@ def test_pending_failure_takes_effect_on_receive_data_of_nothing() -> None:
 
 
 def test_pending_failure_takes_effect_on_eof() -> None:
-    conn = client()
+    conn = client(pause_before_closing=True)
     assert conn.receive_data(unmasked(Opcode.TEXT, b"a") + b"\x83\x00") == [TextMessage("a")]
     assert conn.failure_pending
     conn.receive_eof()
@@ -498,7 +498,7 @@ def test_pending_failure_takes_effect_on_eof() -> None:
 
 
 def test_pending_failure_after_the_application_closed() -> None:
-    conn = server()
+    conn = server(pause_before_closing=True)
     assert conn.receive_data(masked(Opcode.TEXT, b"a") + b"\x81\x01b") == [TextMessage("a")]
     assert conn.close(1000) == b"\x88\x02\x03\xe8"
     assert conn.receive_data(b"") == []
@@ -508,7 +508,7 @@ def test_pending_failure_after_the_application_closed() -> None:
 
 
 def test_events_before_invalid_utf8_in_the_same_chunk_are_returned() -> None:
-    conn = client()
+    conn = client(pause_before_closing=True)
     data = (
         unmasked(Opcode.TEXT, b"ok")
         + unmasked(Opcode.BINARY, b"\xff")
@@ -522,7 +522,7 @@ def test_events_before_invalid_utf8_in_the_same_chunk_are_returned() -> None:
 
 
 def test_events_before_a_close_in_the_same_chunk_and_nothing_after() -> None:
-    conn = server()
+    conn = server(pause_before_closing=True)
     data = (
         masked(Opcode.TEXT, b"a")
         + masked(Opcode.CLOSE, close_payload(1001, "bye"))
@@ -530,10 +530,37 @@ def test_events_before_a_close_in_the_same_chunk_and_nothing_after() -> None:
         + masked(Opcode.PING, b"after")
         + b"\xff\xff garbage"
     )
-    assert conn.receive_data(data) == [TextMessage("a"), CloseReceived(1001, "bye")]
+    # The close waits until the application could answer "a" (section 5.5.1 lets an
+    # endpoint finish its current message before its close frame).
+    assert conn.receive_data(data) == [TextMessage("a")]
+    assert conn.paused
+    assert conn.state is State.OPEN
+    assert conn.send_text("echo: a") == b"\x81\x07echo: a"
+    assert conn.data_to_send() == b""
+    assert conn.receive_data(b"") == [CloseReceived(1001, "bye")]
+    assert not conn.paused
     assert conn.data_to_send() == b"\x88\x02\x03\xe9"
     assert conn.failure is None
     assert conn.state is State.CLOSED
+    assert conn.receive_data(masked(Opcode.TEXT, b"later")) == []
+
+
+def test_a_paused_close_is_handled_on_eof() -> None:
+    conn = server(pause_before_closing=True)
+    data = masked(Opcode.TEXT, b"a") + masked(Opcode.CLOSE, close_payload(1000, ""))
+    assert conn.receive_data(data) == [TextMessage("a")]
+    conn.receive_eof()
+    assert (conn.close_code, conn.state) == (1000, State.CLOSED)
+
+
+def test_a_paused_invalid_close_fails_when_resumed() -> None:
+    conn = server(pause_before_closing=True)
+    data = masked(Opcode.TEXT, b"a") + masked(Opcode.CLOSE, b"\x03")
+    assert conn.receive_data(data) == [TextMessage("a")]
+    assert conn.paused and not conn.failure_pending
+    assert conn.receive_data(b"") == []
+    assert conn.failure is not None and conn.failure.close_code == 1002
+    assert conn.data_to_send()[2:4] == b"\x03\xea"
 
 
 # --- UTF-8 ---------------------------------------------------------------------------------
@@ -2032,3 +2059,13 @@ def test_our_server_parses_wsproto_client_frames() -> None:
     assert isinstance(events[0], wsproto.events.Pong)
     assert isinstance(events[1], wsproto.events.CloseConnection)
     assert events[1].code == 4000
+
+
+def test_without_pausing_a_close_after_messages_is_handled_at_once() -> None:
+    # The default: receive_data handles everything it was given.
+    conn = server()
+    data = masked(Opcode.TEXT, b"a") + masked(Opcode.CLOSE, close_payload(1000, ""))
+    assert conn.receive_data(data) == [TextMessage("a"), CloseReceived(1000, "")]
+    assert not conn.paused
+    assert conn.state is State.CLOSED
+    assert conn.data_to_send() == b"\x88\x02\x03\xe8"

@@ -626,3 +626,33 @@ def test_any_chunking_gives_the_same_request(data: st.DataObject) -> None:
     prefix = BROWSER_REQUEST[:cut]
     expected = None if cut < len(BROWSER_REQUEST) else parse_request(BROWSER_REQUEST)
     assert parse_request_head(prefix) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello, no line end
+        b"\x00\x00\x00\x00",
+        b"GET\x00/",
+        b" GET / HTTP/1.1",
+    ],
+)
+def test_binary_garbage_is_refused_before_any_line_ending(data: bytes) -> None:
+    # Without this, a TLS client on the plain port would wait for the handshake timeout.
+    with pytest.raises(InvalidHandshake) as info:
+        parse_request_head(data)
+    assert (info.value.status, info.value.reason) == (400, "not an HTTP request")
+
+
+def test_a_method_still_arriving_is_not_refused() -> None:
+    assert parse_request_head(b"GE") is None
+    assert parse_request_head(b"GET") is None
+    assert parse_request_head(b"GET /cha") is None
+
+
+def test_a_response_that_is_not_http_is_refused_at_once() -> None:
+    with pytest.raises(InvalidHandshake) as info:
+        parse_response_head(b"SSH-2.0-OpenSSH")
+    assert info.value.status == 0
+    assert "not an HTTP status line" in info.value.reason
+    assert parse_response_head(b"HTT") is None
