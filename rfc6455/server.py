@@ -81,6 +81,8 @@ class ServerConfig:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     close_timeout: float = 5.0
+    #: Close (1001) a connection that sent no message for this long; pings and pongs
+    #: keep a connection alive, not active.
     idle_timeout: float | None = None
     #: Outgoing bytes a connection may have waiting, beyond what the kernel took, before it
     #: counts as a slow consumer.
@@ -190,6 +192,37 @@ class ServerConnection:
     for the application's own per-connection state.
     """
 
+    __slots__ = (
+        "_close_after_flush",
+        "_close_timer",
+        "_handshake_timer",
+        "_http_body",
+        "_http_body_length",
+        "_http_request",
+        "_idle_timer",
+        "_last_message",
+        "_last_received",
+        "_outgoing",
+        "_pending",
+        "_pending_size",
+        "_ping_payload",
+        "_ping_timer",
+        "_pong_timer",
+        "_replay",
+        "_shut_down",
+        "_slow",
+        "_tls_handshaking",
+        "_write_registered",
+        "closed",
+        "context",
+        "opened",
+        "protocol",
+        "remote_address",
+        "request",
+        "server",
+        "sock",
+    )
+
     def __init__(self, server: Server, sock: socket.socket | ssl.SSLSocket, address: Any) -> None:
         self.server = server
         self.sock = sock
@@ -217,6 +250,7 @@ class ServerConnection:
         self._close_timer: Timer | None = None
         self._idle_timer: Timer | None = None
         self._last_received = time.monotonic()
+        self._last_message = self._last_received
         self._ping_payload = b""
 
     def __repr__(self) -> str:
@@ -458,6 +492,7 @@ class ServerConnection:
             event_type = type(event)
             if event_type is TextMessage or event_type is BinaryMessage:
                 server.stats["messages_received"] += 1
+                self._last_message = self._last_received
                 handler.on_message(self, event.data)  # type: ignore[union-attr]
             elif event_type is RequestReceived:
                 self._on_request(event.request)  # type: ignore[union-attr]
@@ -664,7 +699,7 @@ class ServerConnection:
         self._idle_timer = None
         timeout = self.server.config.idle_timeout
         assert timeout is not None
-        quiet = time.monotonic() - self._last_received
+        quiet = time.monotonic() - self._last_message
         if quiet >= timeout:
             if self.protocol.state is State.OPEN:
                 logger.info("%s: idle for %.0fs, closing", self.peer, quiet)

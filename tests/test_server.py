@@ -1957,3 +1957,21 @@ def test_tls_close_with_data_after_it_still_delivers_the_reply(
     assert client.expect_eof(allow_reset=False) == b""
     _, _, code, _ = handler.wait("close")
     assert code == 1000
+
+
+def test_pings_do_not_count_as_activity_for_the_idle_timer(serve: Serve, raw: Any) -> None:
+    # Keepalive traffic proves a peer is alive, not that it is using the connection.
+    running = serve(config=make_config(idle_timeout=0.25))
+    client = raw(running.port)
+    client.handshake()
+    deadline = time.monotonic() + 0.6
+    closed = None
+    while time.monotonic() < deadline and closed is None:
+        client.send_frame(PING, b"alive")
+        fin, opcode, payload = client.read_frame()
+        if opcode == CLOSE:
+            closed = (int.from_bytes(payload[:2], "big"), payload[2:].decode())
+        else:
+            assert (fin, opcode, payload) == (True, PONG, b"alive")
+            time.sleep(0.05)
+    assert closed == (1001, "idle timeout")
