@@ -7,7 +7,7 @@ PACKAGES := rfc6455 chatd tls
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck pytest bench autobahn clean
+.PHONY: run test lint typecheck pytest bench load autobahn clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest bench/test_frames.py --benchmark-only --benchmark-columns=min,median,ops \
 		--benchmark-sort=name $(BENCH_ARGS)
+
+load: $(STAMP)
+	$(PY) -m bench.load compare $(LOAD_ARGS)
 
 autobahn: $(STAMP)
 	bash bench/autobahn.sh

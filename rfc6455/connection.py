@@ -281,6 +281,8 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         """Return and forget the bytes the protocol queued by itself."""
+        if not self._out:
+            return b""
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -835,12 +837,20 @@ class Connection:
             raise LocalProtocolError(f"cannot send a message in state {self._state.value}")
         if opcode is not Opcode.TEXT and opcode is not Opcode.BINARY:
             raise LocalProtocolError("a data message is TEXT or BINARY")
-        rsv1 = False
         extension = self._extension
+        size = self.fragment_size
+        if (
+            len(payload) < 126
+            and extension is None
+            and not self._is_client
+            and (size is None or len(payload) <= size)
+        ):
+            # Hot path of every chat broadcast: a short, unmasked, single frame (5.2).
+            return bytes((0x80 | opcode, len(payload))) + payload
+        rsv1 = False
         if extension is not None and extension.should_compress(len(payload)):
             payload = extension.compress(payload)
             rsv1 = True
-        size = self.fragment_size
         if size is None or len(payload) <= size:
             return self._frame(opcode, payload, rsv1=rsv1)
         last = len(payload) - size
