@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m rfc6455.echo --host $(HOST) --port $(PORT)
+	mkdir -p var
+	$(PY) -m chatd --host $(HOST) --port $(PORT) --db var/chatd.sqlite3
 
 test: lint typecheck pytest
 

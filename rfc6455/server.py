@@ -23,7 +23,7 @@ import selectors
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -824,6 +824,7 @@ class Server:
         self._listeners: list[_Listener] = []
         self.connections: set[ServerConnection] = set()
         self._dirty: list[ServerConnection] = []
+        self._tick_callbacks: list[Callable[[], None]] = []
         self._wakeup = _Wakeup()
         self._selector.register(self._wakeup.reader, selectors.EVENT_READ, self._wakeup)
         self._stopping = False
@@ -950,7 +951,8 @@ class Server:
 
     # --- broadcast -------------------------------------------------------------------------
 
-    def prepare(self, message: str | bytes) -> PreparedMessage:
+    @staticmethod
+    def prepare(message: str | bytes) -> PreparedMessage:
         """Encode ``message`` once, to send to many connections with ``send_prepared``."""
         if isinstance(message, str):
             opcode, payload = Opcode.TEXT, message.encode()
@@ -964,6 +966,14 @@ class Server:
         return sum(1 for connection in connections if connection.send_prepared(prepared))
 
     # --- the loop --------------------------------------------------------------------------
+
+    def add_tick_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at the end of every loop tick, before writes are flushed.
+
+        chatd commits the tick's database writes there, so that acknowledgements and
+        broadcasts made after the commit leave in the same ``send`` as everything else.
+        """
+        self._tick_callbacks.append(callback)
 
     def call_later(self, delay: float, callback: Any) -> Timer:
         """Run ``callback`` on the loop after ``delay`` seconds."""
@@ -991,6 +1001,11 @@ class Server:
                 logger.exception("%s: unexpected error, dropping the connection", connection.peer)
                 connection._abort("internal error")
         self._timers.run_due()
+        for callback in self._tick_callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("tick callback %r failed", callback)
         self._flush()
         if self._shutdown_requested and not self._stopping:
             self._begin_shutdown()

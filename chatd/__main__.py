@@ -1,0 +1,72 @@
+"""``python -m chatd``: run the chat daemon on its embedded defaults.
+
+SQLite at ``./var/chatd.sqlite3``, one process, http://127.0.0.1:8080. The full command
+line (``chatd serve`` with every setting) comes with the operations work; this is the
+development entry point ``make run`` uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sqlite3
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from chatd import __version__
+from chatd.app import ChatServer
+from chatd.storage import StorageError
+
+logger = logging.getLogger("chatd")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and serve until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m chatd", description="the chatd chat server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--db", default="var/chatd.sqlite3", help="the SQLite database file")
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument("--version", action="version", version=f"chatd {__version__}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        chat = ChatServer(args.db)
+    except (OSError, sqlite3.Error, StorageError) as error:
+        print(f"cannot open the database {args.db}: {error}", file=sys.stderr)
+        return 1
+    try:
+        chat.server.listen(args.host, args.port)
+    except OSError as error:
+        print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        chat.close()
+        return 1
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        chat.server.request_shutdown()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    logger.info(
+        "chatd %s listening on http://%s:%d/ (database %s)",
+        __version__,
+        host,
+        chat.server.addresses[0][1],
+        args.db,
+    )
+    try:
+        chat.server.serve_forever()
+    finally:
+        chat.close()
+    logger.info("chatd stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,567 @@
+"""The hub: rooms, users, sessions, presence, typing, commands and delivery.
+
+One event-loop thread owns all of this state, so nothing here takes a lock. The hub
+never parses frames or HTTP: the application hands it decoded text from a connection
+and a ``Peer`` to answer through. Writes go to ``Storage`` and are made durable once per
+loop tick (``Hub.flush``): only then are they acknowledged to their sender and delivered
+to the room, so an acknowledged message is never lost and ``seq`` never goes backwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from chatd import protocol
+from chatd.protocol import (
+    DirectMessage,
+    History,
+    Join,
+    Leave,
+    Ping,
+    ProtocolError,
+    Receipt,
+    Resume,
+    RoomMessage,
+    Typing,
+    encode,
+)
+from chatd.storage import Storage, StoredDM, StoredMessage
+
+__all__ = ["LOBBY", "Hub", "Peer", "Session"]
+
+logger = logging.getLogger("chatd.hub")
+
+LOBBY = "lobby"
+#: A disconnected session may be resumed (``?session=``) for this long, keeping its rooms.
+SESSION_GRACE = 60.0
+#: Close code for a connection replaced by a newer one with the same session id.
+CLOSE_REPLACED = 4001
+
+HELP_TEXT = (
+    "Commands: /msg user text · /join room · /leave · /nick name · /me action · "
+    "/shrug [text] · /who · /help"
+)
+SHRUG = "¯\\_(ツ)_/¯"
+
+
+class Peer(Protocol):
+    """What the hub needs of a connection: ``rfc6455.server.ServerConnection`` fits."""
+
+    def send_text(self, text: str) -> bool: ...
+
+    def send_prepared(self, prepared: Any) -> bool: ...
+
+    def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+def now_ms() -> int:
+    """The server's clock for message timestamps: milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(eq=False)
+class Session:
+    """One client session: a name, the rooms it joined, and its current connection."""
+
+    id: str
+    user: str
+    peer: Peer | None
+    rooms: set[str] = field(default_factory=set)
+    detached_at: float | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.peer is not None:
+            self.peer.send_text(encode(message))
+
+
+@dataclass
+class _Waiters:
+    """Sessions waiting for the ack of one stored item."""
+
+    sessions: list[Session]
+    client_id: str | None
+
+
+class Hub:
+    """All chat state, driven by one thread."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        prepare: Callable[[str], Any],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.storage = storage
+        #: Encodes a text message once into a frame every peer can send
+        #: (``rfc6455.server.Server.prepare``): a broadcast costs one encoding.
+        self.prepare = prepare
+        self.clock = clock
+        self.sessions: dict[str, Session] = {}
+        #: room name -> the attached sessions in it
+        self.rooms: dict[str, set[Session]] = {LOBBY: set()}
+        #: user name -> attached sessions
+        self.users: dict[str, set[Session]] = {}
+        self._waiting: dict[tuple[str, str, int], _Waiters] = {}
+        self.started = time.time()
+        self.messages_in = 0
+        storage.ensure_room(LOBBY, now_ms())
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def connect(
+        self, peer: Peer, name: str, *, room: str | None = None, session_id: str | None = None
+    ) -> Session:
+        """Attach a new connection: resume ``session_id`` if it is known, else a new one."""
+        session = self.sessions.get(session_id) if session_id else None
+        if session is not None:
+            old = session.peer
+            if old is not None:
+                self._detach(session, announce=False)
+                old.close(CLOSE_REPLACED, "replaced by a newer connection")
+            if session.user in self.users and session not in self.users[session.user]:
+                # Someone else took the name while this session was away.
+                session.user = self._unique_name(session.user)
+        else:
+            session = Session(secrets.token_urlsafe(12), self._unique_name(name), None)
+            session.rooms.add(LOBBY)
+            self.sessions[session.id] = session
+        session.peer = peer
+        session.detached_at = None
+        first = session.user not in self.users
+        self.users.setdefault(session.user, set()).add(session)
+        self.storage.ensure_user(session.user, now_ms())
+        if room is not None and protocol.is_valid_room(room):
+            session.rooms.add(room)
+        session.send(
+            {
+                "type": "welcome",
+                "protocol": protocol.PROTOCOL_VERSION,
+                "session": session.id,
+                "user": session.user,
+                "rooms": sorted(session.rooms),
+                "limits": {
+                    "max_text": protocol.MAX_TEXT,
+                    "max_name": protocol.MAX_NAME,
+                    "history_page": protocol.HISTORY_PAGE,
+                },
+            }
+        )
+        if first:
+            self._broadcast_all({"type": "presence", "event": "online", "user": session.user})
+        for joined in sorted(session.rooms):
+            self._enter(session, joined)
+        return session
+
+    def disconnect(self, session: Session) -> None:
+        """The connection closed; the session stays resumable for ``SESSION_GRACE``."""
+        if session.peer is None:
+            return
+        self._detach(session, announce=True)
+        session.detached_at = self.clock()
+
+    def _detach(self, session: Session, *, announce: bool) -> None:
+        for room in session.rooms:
+            members = self.rooms.get(room)
+            if members is not None:
+                members.discard(session)
+                if announce and not self._user_in_room(session.user, room):
+                    self._broadcast_room(
+                        room,
+                        {"type": "typing", "room": room, "user": session.user, "active": False},
+                    )
+                    self._broadcast_room(
+                        room,
+                        {"type": "presence", "event": "leave", "user": session.user, "room": room},
+                    )
+        sessions = self.users.get(session.user)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self.users[session.user]
+                if announce:
+                    self._broadcast_all(
+                        {"type": "presence", "event": "offline", "user": session.user}
+                    )
+        session.peer = None
+
+    def expire_sessions(self) -> int:
+        """Forget sessions detached for longer than ``SESSION_GRACE``; return how many."""
+        deadline = self.clock() - SESSION_GRACE
+        expired = [
+            s
+            for s in self.sessions.values()
+            if s.detached_at is not None and s.detached_at < deadline
+        ]
+        for session in expired:
+            del self.sessions[session.id]
+        return len(expired)
+
+    def _unique_name(self, name: str) -> str:
+        if name not in self.users:
+            return name
+        for suffix in range(2, 10_000):
+            tail = f"-{suffix}"
+            candidate = name[: protocol.MAX_NAME - len(tail)] + tail
+            if candidate not in self.users:
+                return candidate
+        return secrets.token_hex(8)  # pragma: no cover - 10,000 guests of one name
+
+    def _user_in_room(self, user: str, room: str) -> bool:
+        """Whether any attached session of ``user`` is in ``room`` now."""
+        return any(s.user == user for s in self.rooms.get(room, ()))
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def receive(self, session: Session, text: str) -> None:
+        """Handle one text frame from ``session``; errors go back to it as ``error``."""
+        self.messages_in += 1
+        try:
+            message = protocol.parse_client_message(text)
+            self._dispatch(session, message)
+        except ProtocolError as error:
+            session.send(error.to_wire())
+
+    def refuse_binary(self, session: Session) -> None:
+        """Binary frames are not part of the protocol."""
+        session.send(ProtocolError("unsupported", "binary frames are not supported").to_wire())
+
+    def _dispatch(self, session: Session, message: protocol.ClientMessage) -> None:
+        if isinstance(message, RoomMessage):
+            self._room_message(session, message)
+        elif isinstance(message, DirectMessage):
+            self._direct_message(session, message.to, message.text, message.id)
+        elif isinstance(message, Join):
+            self._join(session, message.room)
+        elif isinstance(message, Leave):
+            self._leave(session, message.room, message.id)
+        elif isinstance(message, Typing):
+            self._typing(session, message)
+        elif isinstance(message, History):
+            self._history(session, message)
+        elif isinstance(message, Resume):
+            self._resume(session, message)
+        elif isinstance(message, Receipt):
+            self._receipt(session, message)
+        elif isinstance(message, Ping):
+            session.send({"type": "pong", "id": message.id, "ts": now_ms()})
+
+    # --- rooms -----------------------------------------------------------------------------
+
+    def _join(self, session: Session, room: str) -> None:
+        session.rooms.add(room)
+        self._enter(session, room)
+
+    def _enter(self, session: Session, room: str) -> None:
+        """Put an attached session in ``room`` and send it ``joined``."""
+        if self.storage.ensure_room(room, now_ms()):
+            logger.info("room %s created by %s", room, session.user)
+        was_there = self._user_in_room(session.user, room)
+        members = self.rooms.setdefault(room, set())
+        members.add(session)
+        if not was_there:
+            self._broadcast_room(
+                room,
+                {"type": "presence", "event": "join", "user": session.user, "room": room},
+                exclude=session,
+            )
+        recent = self.storage.recent(room, protocol.HISTORY_PAGE)
+        session.send(
+            {
+                "type": "joined",
+                "room": room,
+                "members": self._members(room),
+                "messages": [_message_wire(m) for m in recent],
+                "last_seq": self.storage.last_seq(room),
+            }
+        )
+
+    def _leave(self, session: Session, room: str, message_id: str | None) -> None:
+        if room not in session.rooms:
+            raise ProtocolError("not_in_room", f"you are not in {room}", message_id)
+        session.rooms.discard(room)
+        members = self.rooms.get(room)
+        if members is not None:
+            members.discard(session)
+        if not self._user_in_room(session.user, room):
+            self._broadcast_room(
+                room, {"type": "presence", "event": "leave", "user": session.user, "room": room}
+            )
+        session.send({"type": "left", "room": room})
+
+    def _members(self, room: str) -> list[str]:
+        return sorted({s.user for s in self.rooms.get(room, ())})
+
+    def _require_room(self, session: Session, room: str, message_id: str | None) -> None:
+        if room not in session.rooms or session not in self.rooms.get(room, ()):
+            raise ProtocolError("not_in_room", f"join {room} first", message_id)
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def _room_message(self, session: Session, message: RoomMessage) -> None:
+        self._require_room(session, message.room, message.id)
+        text = message.text
+        if text.startswith("/") and not text.startswith("//"):
+            self._command(session, message)
+            return
+        if text.startswith("//"):
+            text = text[1:]  # "//" escapes a leading slash
+        self._store_room_message(session, message.room, text, "text", message.id)
+
+    def _store_room_message(
+        self, session: Session, room: str, text: str, kind: str, client_id: str | None
+    ) -> None:
+        if client_id is not None:
+            existing = self.storage.find_message(room, session.user, client_id)
+            if existing is not None:
+                self._ack_again(session, ("room", room, existing.seq), existing)
+                return
+        stored = self.storage.add_message(room, session.user, text, kind, client_id, now_ms())
+        self._waiting[("room", room, stored.seq)] = _Waiters([session], client_id)
+
+    def _direct_message(self, session: Session, to: str, text: str, client_id: str | None) -> None:
+        if to not in self.users and not self._known_user(to):
+            raise ProtocolError("no_such_user", f"no user called {to}", client_id)
+        if client_id is not None:
+            existing = self.storage.find_dm(session.user, client_id)
+            if existing is not None:
+                self._ack_again(session, ("dm", "", existing.id), existing)
+                return
+        stored = self.storage.add_dm(session.user, to, text, client_id, now_ms())
+        self._waiting[("dm", "", stored.id)] = _Waiters([session], client_id)
+
+    def _known_user(self, name: str) -> bool:
+        return any(s.user == name for s in self.sessions.values())
+
+    def _ack_again(
+        self, session: Session, key: tuple[str, str, int], item: StoredMessage | StoredDM
+    ) -> None:
+        """A resent client id: ack it (now if committed, else with the original)."""
+        waiters = self._waiting.get(key)
+        if waiters is not None:
+            waiters.sessions.append(session)
+        else:
+            session.send(_ack_wire(item))
+
+    # --- commands ------------------------------------------------------------------------------
+
+    def _command(self, session: Session, message: RoomMessage) -> None:
+        name, _, rest = message.text[1:].partition(" ")
+        rest = rest.strip()
+        room, client_id = message.room, message.id
+        if name == "msg":
+            to, _, text = rest.partition(" ")
+            if not to or not text.strip():
+                raise ProtocolError("bad_message", "usage: /msg user text", client_id)
+            if not protocol.is_valid_name(to):
+                raise ProtocolError("bad_name", "not a valid user name", client_id)
+            self._direct_message(session, to, text.strip(), client_id)
+        elif name == "join":
+            if not protocol.is_valid_room(rest):
+                raise ProtocolError("bad_room", "usage: /join room", client_id)
+            self._join(session, rest)
+        elif name == "leave":
+            self._leave(session, room, client_id)
+        elif name == "nick":
+            self._nick(session, rest, client_id)
+        elif name == "me":
+            if not rest:
+                raise ProtocolError("bad_message", "usage: /me action", client_id)
+            self._store_room_message(session, room, rest, "me", client_id)
+        elif name == "shrug":
+            self._store_room_message(session, room, f"{rest} {SHRUG}".strip(), "text", client_id)
+        elif name == "who":
+            members = ", ".join(self._members(room))
+            session.send({"type": "system", "room": room, "text": f"In {room}: {members}"})
+        elif name == "help":
+            session.send({"type": "system", "room": room, "text": HELP_TEXT})
+        else:
+            raise ProtocolError(
+                "unknown_command", f"unknown command /{name[:32]}; try /help", client_id
+            )
+
+    def _nick(self, session: Session, new: str, client_id: str | None) -> None:
+        if not protocol.is_valid_name(new):
+            raise ProtocolError(
+                "bad_name", "a name is 1-50 letters, digits, '-', '_' or '.'", client_id
+            )
+        old = session.user
+        if new == old:
+            return
+        if new in self.users:
+            raise ProtocolError("name_taken", f"{new} is already online", client_id)
+        sessions = self.users.pop(old, set())
+        for each in sessions:
+            each.user = new
+        self.users[new] = sessions
+        self.storage.ensure_user(new, now_ms())
+        self._broadcast_all({"type": "presence", "event": "rename", "user": new, "old": old})
+
+    # --- typing, history, resume, receipts --------------------------------------------------------
+
+    def _typing(self, session: Session, message: Typing) -> None:
+        self._require_room(session, message.room, message.id)
+        event = {
+            "type": "typing",
+            "room": message.room,
+            "user": session.user,
+            "active": message.active,
+        }
+        self._broadcast_room(message.room, event, exclude_user=session.user)
+
+    def _history(self, session: Session, message: History) -> None:
+        messages, has_more = self.storage.history(message.room, message.before, message.limit)
+        session.send(
+            {
+                "type": "history",
+                "room": message.room,
+                "messages": [_message_wire(m) for m in messages],
+                "has_more": has_more,
+                "id": message.id,
+            }
+        )
+
+    def _resume(self, session: Session, message: Resume) -> None:
+        for room, seq in message.rooms.items():
+            if room not in session.rooms or session not in self.rooms.get(room, ()):
+                self._join(session, room)
+            messages, has_more = self.storage.after(room, seq, protocol.MAX_RESUME)
+            session.send(
+                {
+                    "type": "history",
+                    "room": room,
+                    "messages": [_message_wire(m) for m in messages],
+                    "has_more": has_more,
+                    "id": message.id,
+                }
+            )
+
+    def _receipt(self, session: Session, message: Receipt) -> None:
+        self._require_room(session, message.room, message.id)
+        if message.seq > self.storage.last_seq(message.room):
+            raise ProtocolError("bad_message", "no such message", message.id)
+        if not self.storage.set_receipt(session.user, message.room, message.seq, message.status):
+            return
+        found, _ = self.storage.history(message.room, message.seq + 1, 1)
+        if not found or found[-1].seq != message.seq or found[-1].sender == session.user:
+            return
+        event = {
+            "type": "receipt",
+            "room": message.room,
+            "seq": message.seq,
+            "user": session.user,
+            "status": message.status,
+        }
+        for each in self.users.get(found[-1].sender, ()):
+            each.send(event)
+
+    # --- delivery ------------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Commit this tick's writes, then acknowledge and deliver them; return how many.
+
+        Called once per loop tick (``Server.add_tick_callback``): one transaction however
+        many messages arrived, and each broadcast frame encoded once for all its readers.
+        """
+        if not self.storage.pending:
+            return 0
+        committed = self.storage.commit()
+        for item in committed:
+            if isinstance(item, StoredMessage):
+                waiters = self._waiting.pop(("room", item.room, item.seq), None)
+                self._broadcast_room(item.room, _message_wire(item))
+            else:
+                waiters = self._waiting.pop(("dm", "", item.id), None)
+                wire = _dm_wire(item)
+                recipients = set(self.users.get(item.sender, ())) | set(
+                    self.users.get(item.recipient, ())
+                )
+                for each in recipients:
+                    each.send(wire)
+            if waiters is not None:
+                ack = _ack_wire(item)
+                for each in waiters.sessions:
+                    each.send(ack)
+        return len(committed)
+
+    def _broadcast_room(
+        self,
+        room: str,
+        message: dict[str, Any],
+        *,
+        exclude: Session | None = None,
+        exclude_user: str | None = None,
+    ) -> None:
+        prepared = self.prepare(encode(message))
+        for each in self.rooms.get(room, ()):
+            if each is exclude or each.user == exclude_user or each.peer is None:
+                continue
+            each.peer.send_prepared(prepared)
+
+    def _broadcast_all(self, message: dict[str, Any]) -> None:
+        prepared = self.prepare(encode(message))
+        for sessions in self.users.values():
+            for each in sessions:
+                if each.peer is not None:
+                    each.peer.send_prepared(prepared)
+
+    # --- status --------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Figures for ``GET /api/status``."""
+        return {
+            "uptime": round(time.time() - self.started, 3),
+            # Open WebSocket connections, and sessions including those waiting to resume.
+            "connections": sum(1 for s in self.sessions.values() if s.peer is not None),
+            "sessions": len(self.sessions),
+            "users_online": len(self.users),
+            "rooms_active": sum(1 for members in self.rooms.values() if members),
+            "messages_received": self.messages_in,
+            **{f"stored_{key}": value for key, value in self.storage.counts().items()},
+        }
+
+    def online(self) -> Iterable[str]:
+        """Names of the users online now."""
+        return sorted(self.users)
+
+
+def _message_wire(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "room": message.room,
+        "seq": message.seq,
+        "ts": message.ts,
+        "from": message.sender,
+        "text": message.text,
+        "kind": message.kind,
+        "id": message.client_id,
+    }
+
+
+def _dm_wire(dm: StoredDM) -> dict[str, Any]:
+    return {
+        "type": "dm",
+        "dm": dm.id,
+        "from": dm.sender,
+        "to": dm.recipient,
+        "text": dm.text,
+        "ts": dm.ts,
+        "id": dm.client_id,
+    }
+
+
+def _ack_wire(item: StoredMessage | StoredDM) -> dict[str, Any]:
+    if isinstance(item, StoredMessage):
+        return {
+            "type": "ack",
+            "id": item.client_id,
+            "room": item.room,
+            "seq": item.seq,
+            "ts": item.ts,
+        }
+    return {"type": "ack", "id": item.client_id, "dm": item.id, "ts": item.ts}
