@@ -55,7 +55,7 @@ def _json(status: int, body: Any) -> HttpResponse:
         status,
         (json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n").encode(),
         "application/json",
-        [("Cache-Control", "no-store")],
+        [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")],
     )
 
 

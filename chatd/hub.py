@@ -119,9 +119,13 @@ class Hub:
     ) -> Session:
         """Attach a new connection: resume ``session_id`` if it is known, else a new one."""
         session = self.sessions.get(session_id) if session_id else None
+        # Rooms where others already see this session: a replaced connection is swapped
+        # without presence (no "online" or "join" that no "offline" or "leave" preceded).
+        present: set[str] = set()
         if session is not None:
             old = session.peer
             if old is not None:
+                present = set(session.rooms)
                 self._detach(session, announce=False)
                 old.close(CLOSE_REPLACED, "replaced by a newer connection")
             if session.user in self.users and session not in self.users[session.user]:
@@ -152,10 +156,10 @@ class Hub:
                 },
             }
         )
-        if first:
+        if first and not present:
             self._broadcast_all({"type": "presence", "event": "online", "user": session.user})
         for joined in sorted(session.rooms):
-            self._enter(session, joined)
+            self._enter(session, joined, announce=joined not in present)
         return session
 
     def disconnect(self, session: Session) -> None:
@@ -257,14 +261,14 @@ class Hub:
         session.rooms.add(room)
         self._enter(session, room)
 
-    def _enter(self, session: Session, room: str) -> None:
+    def _enter(self, session: Session, room: str, *, announce: bool = True) -> None:
         """Put an attached session in ``room`` and send it ``joined``."""
         if self.storage.ensure_room(room, now_ms()):
             logger.info("room %s created by %s", room, session.user)
         was_there = self._user_in_room(session.user, room)
         members = self.rooms.setdefault(room, set())
         members.add(session)
-        if not was_there:
+        if announce and not was_there:
             self._broadcast_room(
                 room,
                 {"type": "presence", "event": "join", "user": session.user, "room": room},
@@ -325,13 +329,14 @@ class Hub:
         self._waiting[("room", room, stored.seq)] = _Waiters([session], client_id)
 
     def _direct_message(self, session: Session, to: str, text: str, client_id: str | None) -> None:
-        if to not in self.users and not self._known_user(to):
-            raise ProtocolError("no_such_user", f"no user called {to}", client_id)
+        # A resend first: it was stored, so it is acknowledged even if ``to`` has gone since.
         if client_id is not None:
             existing = self.storage.find_dm(session.user, client_id)
             if existing is not None:
                 self._ack_again(session, ("dm", "", existing.id), existing)
                 return
+        if to not in self.users and not self._known_user(to):
+            raise ProtocolError("no_such_user", f"no user called {to}", client_id)
         stored = self.storage.add_dm(session.user, to, text, client_id, now_ms())
         self._waiting[("dm", "", stored.id)] = _Waiters([session], client_id)
 
@@ -352,6 +357,7 @@ class Hub:
 
     def _command(self, session: Session, message: RoomMessage) -> None:
         name, _, rest = message.text[1:].partition(" ")
+        name = name.lower()  # "/ME waves" as the UI reads it
         rest = rest.strip()
         room, client_id = message.room, message.id
         if name == "msg":

@@ -268,6 +268,7 @@ class Connection:
         self._extension = extension
         # RFC 7692 section 6: permessage-deflate gives RSV1 a meaning; nothing else does.
         self._parser.allowed_rsv = 0x40 if extension is not None else 0
+        self._parser.max_compressed_payload = _deflated_bound(self._frame_limit)
 
     @property
     def should_close_transport(self) -> bool:
@@ -657,9 +658,16 @@ class Connection:
             self._message_parts.append(payload)
 
         if not fin:
-            # The whole message must fit too: lower the next frame's limit accordingly.
+            # The whole message must fit too: lower the next frame's limit accordingly
+            # (on the wire, a compressed message may exceed the limit by deflate's
+            # worst-case expansion; what it inflates to is bounded by decompress).
+            if self._message_compressed:
+                frame_limit = _deflated_bound(self._frame_limit)
+                message_limit = _deflated_bound(self.max_message_size)
+            else:
+                frame_limit, message_limit = self._frame_limit, self.max_message_size
             self._parser.max_data_payload = min(
-                self._frame_limit, self.max_message_size - self._message_wire_size
+                frame_limit, message_limit - self._message_wire_size
             )
             return
         if self._message_opcode is Opcode.TEXT:
@@ -906,6 +914,17 @@ class Connection:
         self._transition(_Trigger.SEND_CLOSE)
         self._reset_message()
         return self._frame(Opcode.CLOSE, payload)
+
+
+def _deflated_bound(size: int) -> int:
+    """The most bytes a peer's deflate may need for ``size`` bytes of input.
+
+    zlib's conservative ``deflateBound``: a compressor with a small memLevel closes a
+    block every few hundred symbols, each costing a few bytes when stored, so
+    incompressible data can grow by over 10% (websockets' defaults add 0.24%).
+    Decompression is bounded separately; this only bounds what we buffer.
+    """
+    return size + (size >> 3) + (size >> 6) + 64
 
 
 def _answerable(events: list[Event]) -> bool:

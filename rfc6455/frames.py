@@ -198,14 +198,25 @@ class FrameParser:
     client MUST close a connection if it detects a masked frame"). ``allowed_rsv`` is a
     bit mask of the RSV bits a negotiated extension defines (0x40 for
     permessage-deflate's RSV1). ``max_data_payload`` bounds the payload of data frames
-    and may be lowered by the caller while a fragmented message is in progress.
+    and may be lowered by the caller while a fragmented message is in progress;
+    ``max_compressed_payload`` is the bound for a frame with RSV1 set (a compressed
+    message may be a little larger on the wire than the limit it inflates within).
     """
 
-    __slots__ = ("_buf", "_need", "_pos", "allowed_rsv", "max_data_payload", "require_mask")
+    __slots__ = (
+        "_buf",
+        "_need",
+        "_pos",
+        "allowed_rsv",
+        "max_compressed_payload",
+        "max_data_payload",
+        "require_mask",
+    )
 
     def __init__(self, *, require_mask: bool, max_data_payload: int, allowed_rsv: int = 0) -> None:
         self.require_mask = require_mask
         self.max_data_payload = max_data_payload
+        self.max_compressed_payload = max_data_payload
         self.allowed_rsv = allowed_rsv
         self._buf: bytes | bytearray = b""
         self._pos = 0
@@ -309,7 +320,9 @@ class FrameParser:
                 raise RemoteProtocolError("control frame payload over 125 bytes")
             if not first & _FIN:
                 raise RemoteProtocolError("fragmented control frame")
-        elif length > self.max_data_payload:
+        elif length > self.max_data_payload and (
+            not first & _RSV1 or length > self.max_compressed_payload
+        ):
             raise RemoteProtocolError(
                 f"frame of {length} bytes over the size limit "
                 f"({self.max_data_payload} bytes left for this message)",

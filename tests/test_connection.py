@@ -2069,3 +2069,61 @@ def test_without_pausing_a_close_after_messages_is_handled_at_once() -> None:
     assert not conn.paused
     assert conn.state is State.CLOSED
     assert conn.data_to_send() == b"\x88\x02\x03\xe8"
+
+
+# --- the size limit of compressed messages ----------------------------------------------------
+
+
+def _stored_deflate(data: bytes, block: int) -> bytes:
+    """Raw deflate made only of stored blocks of ``block`` bytes: incompressible data
+    framed the way a compressor with a small memLevel does it, 5 bytes per block, then the
+    sync-flush marker removed (RFC 7692 section 7.2.1).
+    """
+    out = bytearray()
+    for offset in range(0, len(data), block):
+        chunk = data[offset : offset + block]
+        out += (
+            b"\x00" + len(chunk).to_bytes(2, "little") + (len(chunk) ^ 0xFFFF).to_bytes(2, "little")
+        )
+        out += chunk
+    return bytes(out)  # ends on a stored block, as a sync flush would (marker stripped)
+
+
+def test_a_compressed_message_may_be_larger_on_the_wire_than_the_limit() -> None:
+    # The limit is on the message; deflate can make incompressible data larger.
+    limit = 4096
+    message = random.Random(7).randbytes(limit)
+    wire = _stored_deflate(message, 128)
+    assert len(wire) > limit
+    conn = server(extension=extension(is_server=True), max_message_size=limit)
+    assert conn.receive_data(masked(Opcode.BINARY, wire, rsv1=True)) == [BinaryMessage(message)]
+    assert conn.failure is None
+
+
+def test_a_fragmented_compressed_message_may_be_larger_on_the_wire_than_the_limit() -> None:
+    limit = 4096
+    message = random.Random(8).randbytes(limit)
+    wire = _stored_deflate(message, 128)
+    half = len(wire) // 2
+    conn = server(extension=extension(is_server=True), max_message_size=limit)
+    data = masked(Opcode.BINARY, wire[:half], fin=False, rsv1=True) + masked(
+        Opcode.CONTINUATION, wire[half:]
+    )
+    assert conn.receive_data(data) == [BinaryMessage(message)]
+
+
+def test_a_compressed_frame_beyond_deflate_worst_case_is_refused_from_its_header() -> None:
+    limit = 4096
+    conn = server(extension=extension(is_server=True), max_message_size=limit)
+    bound = limit + (limit >> 3) + (limit >> 6) + 64
+    header = bytes((0xC2, 0xFE)) + (bound + 1).to_bytes(2, "big") + MASK
+    assert conn.receive_data(header) == []
+    assert_failed(conn, 1009)
+
+
+def test_an_uncompressed_frame_gets_no_deflate_allowance() -> None:
+    limit = 4096
+    conn = server(extension=extension(is_server=True), max_message_size=limit)
+    header = bytes((0x82, 0xFE)) + (limit + 1).to_bytes(2, "big") + MASK
+    assert conn.receive_data(header) == []
+    assert_failed(conn, 1009)
