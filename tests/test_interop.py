@@ -28,7 +28,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -165,12 +165,12 @@ def client_port(connection: ServerConnection) -> int:
 
 
 class RecordingEcho(EchoHandler):
-    """The echo handler, remembering each connection and its close by the client's port."""
+    """The echo handler, remembering each connection by the client's port, and its close."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self.opened: dict[int, ServerConnection] = {}
-        self.closed: dict[int, tuple[int, str]] = {}
+        self.closed: dict[ServerConnection, tuple[int, str]] = {}
 
     def on_open(self, connection: ServerConnection) -> None:
         super().on_open(connection)
@@ -181,7 +181,7 @@ class RecordingEcho(EchoHandler):
     def on_close(self, connection: ServerConnection, code: int, reason: str) -> None:
         super().on_close(connection, code, reason)
         with self._changed:
-            self.closed[client_port(connection)] = (code, reason)
+            self.closed[connection] = (code, reason)
             self._changed.notify_all()
 
     def connection_of(self, port: int) -> ServerConnection:
@@ -193,16 +193,18 @@ class RecordingEcho(EchoHandler):
 
     def close_seen(self, port: int) -> tuple[int, str]:
         """The (code, reason) ``on_close`` reported for the client on ``port``."""
+        connection = self.connection_of(port)
         with self._changed:
-            if not self._changed.wait_for(lambda: port in self.closed, TIMEOUT):
+            if not self._changed.wait_for(lambda: connection in self.closed, TIMEOUT):
                 raise AssertionError(f"the server did not report a close for port {port}")
-            return self.closed[port]
+            return self.closed[connection]
 
     def forget(self, port: int) -> None:
-        """Drop what was recorded for ``port`` (ports are reused)."""
+        """Drop what was recorded for ``port``, which the next client may reuse."""
         with self._changed:
-            self.opened.pop(port, None)
-            self.closed.pop(port, None)
+            connection = self.opened.pop(port, None)
+            if connection is not None:
+                self.closed.pop(connection, None)
 
 
 class _ErrorCollector(logging.Handler):
@@ -230,13 +232,13 @@ class Serving:
 @contextlib.contextmanager
 def serving(config: ServerConfig, tls: Tls) -> Iterator[Serving]:
     """Serve ``RecordingEcho`` with ``config`` on ws and wss until the block ends."""
-    collector = _ErrorCollector()
-    logging.getLogger("rfc6455").addHandler(collector)
     handler = RecordingEcho()
     server = Server(handler, config)
     plain = server.listen("127.0.0.1", 0)
     secure = server.listen("127.0.0.1", 0, ssl_context=tls.server)
     ports = {"ws": plain.getsockname()[1], "wss": secure.getsockname()[1]}
+    collector = _ErrorCollector()
+    logging.getLogger("rfc6455").addHandler(collector)
     thread = threading.Thread(
         target=server.serve_forever, args=(2.0,), name="interop-server", daemon=True
     )
@@ -543,7 +545,7 @@ class WebsocketClientPeer(Peer):
         self.ws.shutdown()
 
 
-PEER_TYPES: dict[str, type[Peer]] = {
+PEER_TYPES: dict[str, Callable[[str, bool, ssl.SSLContext | None], Peer]] = {
     "websockets-asyncio": WebsocketsAsyncioPeer,
     "websockets-sync": WebsocketsSyncPeer,
     "websocket-client": WebsocketClientPeer,
@@ -579,6 +581,9 @@ def peer(request: pytest.FixtureRequest, echo: Serving, tls: Tls) -> Iterator[Pe
         yield opened
     finally:
         opened.finish()
+        # The server lets go of the connection too before the next test (and the next
+        # client on the same port) starts.
+        echo.handler.close_seen(port)
         echo.handler.forget(port)
 
 
