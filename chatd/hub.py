@@ -367,7 +367,28 @@ class Hub:
             if not protocol.is_valid_name(to):
                 raise ProtocolError("bad_name", "not a valid user name", client_id)
             self._direct_message(session, to, text.strip(), client_id)
-        elif name == "join":
+        elif name in {"join", "leave", "nick", "who", "help"}:
+            self._immediate_command(session, name, rest, room, client_id)
+            if client_id is not None:
+                # Nothing is stored: acknowledge at once, so that a client waiting for an
+                # ack per id is not left waiting.
+                session.send({"type": "ack", "id": client_id})
+        elif name == "me":
+            if not rest:
+                raise ProtocolError("bad_message", "usage: /me action", client_id)
+            self._store_room_message(session, room, rest, "me", client_id)
+        elif name == "shrug":
+            self._store_room_message(session, room, f"{rest} {SHRUG}".strip(), "text", client_id)
+        else:
+            raise ProtocolError(
+                "unknown_command", f"unknown command /{name[:32]}; try /help", client_id
+            )
+
+    def _immediate_command(
+        self, session: Session, name: str, rest: str, room: str, client_id: str | None
+    ) -> None:
+        """The commands that change or show state and store nothing."""
+        if name == "join":
             if not protocol.is_valid_room(rest):
                 raise ProtocolError("bad_room", "usage: /join room", client_id)
             self._join(session, rest)
@@ -375,21 +396,11 @@ class Hub:
             self._leave(session, room, client_id)
         elif name == "nick":
             self._nick(session, rest, client_id)
-        elif name == "me":
-            if not rest:
-                raise ProtocolError("bad_message", "usage: /me action", client_id)
-            self._store_room_message(session, room, rest, "me", client_id)
-        elif name == "shrug":
-            self._store_room_message(session, room, f"{rest} {SHRUG}".strip(), "text", client_id)
         elif name == "who":
             members = ", ".join(self._members(room))
             session.send({"type": "system", "room": room, "text": f"In {room}: {members}"})
-        elif name == "help":
-            session.send({"type": "system", "room": room, "text": HELP_TEXT})
         else:
-            raise ProtocolError(
-                "unknown_command", f"unknown command /{name[:32]}; try /help", client_id
-            )
+            session.send({"type": "system", "room": room, "text": HELP_TEXT})
 
     def _nick(self, session: Session, new: str, client_id: str | None) -> None:
         if not protocol.is_valid_name(new):

@@ -1083,3 +1083,13 @@ def test_a_resent_dm_is_acked_even_when_its_recipient_is_gone(
     assert alice_peer.take("ack") == [ack, ack]
     chat_hub.receive(alice, json.dumps({"type": "dm", "to": "bob", "text": "new", "id": "d2"}))
     assert [error["code"] for error in alice_peer.take("error")] == ["no_such_user"]
+
+
+@pytest.mark.parametrize("command", ["/join dev", "/who", "/help", "/nick zed", "/leave"])
+def test_commands_that_store_nothing_are_acknowledged_at_once(
+    connect: Connect, command: str
+) -> None:
+    # A client that waits for an ack per id is not left waiting (docs/protocol.md).
+    alice = connect("alice")
+    alice.send(type="message", room="lobby", text=command, id="c1")
+    assert alice.expect("ack", id="c1") == {"type": "ack", "id": "c1"}
