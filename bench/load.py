@@ -36,9 +36,11 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
 import resource
+import select
 import selectors
 import signal
 import socket
@@ -48,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -225,10 +228,12 @@ def find_listener_pid(port: int) -> int | None:
 # --- the wire ------------------------------------------------------------------------------
 
 
-def build_request(target: Target) -> bytes:
-    """The opening handshake, built once for every connection (no extensions offered)."""
+def build_request(target: Target, path: str | None = None) -> bytes:
+    """The opening handshake, built once for every connection (no extensions offered);
+    ``path`` replaces the target's (chat clients each have their own ``?name=``).
+    """
     return (
-        f"GET {target.path} HTTP/1.1\r\n"
+        f"GET {path or target.path} HTTP/1.1\r\n"
         f"Host: {target.host}:{target.port}\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
@@ -358,9 +363,12 @@ def open_connections(
     *,
     timeout: float,
     concurrency: int = HANDSHAKE_CONCURRENCY,
+    paths: Sequence[str] | None = None,
 ) -> OpenedConnections:
     """Open ``count`` WebSocket connections, ``concurrency`` handshakes at a time.
 
+    Connection ``i`` asks for ``paths[i]`` when ``paths`` is given (``count`` of them),
+    else for the target's path; the sockets come back in the order they opened.
     Stops starting new ones at the first local resource error (out of descriptors or
     ports), and gives up on the rest after ``timeout`` seconds, or after
     ``STALL_TIMEOUT`` seconds without a single handshake completing (a server out of
@@ -368,6 +376,8 @@ def open_connections(
     """
     started_at = time.monotonic()
     deadline = started_at + timeout
+    if paths is not None and len(paths) != count:
+        raise LoadError(f"{len(paths)} paths for {count} connections")
     request = build_request(target)
     address = (target.host, target.port)
     opened: list[tuple[socket.socket, bytes]] = []
@@ -410,7 +420,10 @@ def open_connections(
                     if result in (errno.EADDRNOTAVAIL, errno.EMFILE, errno.ENFILE, errno.ENOBUFS):
                         can_start = False
                     continue
-                selector.register(sock, selectors.EVENT_WRITE, _Handshake(sock, request))
+                own_request = (
+                    request if paths is None else build_request(target, paths[started - 1])
+                )
+                selector.register(sock, selectors.EVENT_WRITE, _Handshake(sock, own_request))
                 in_progress += 1
             now = time.monotonic()
             remaining = deadline - now
@@ -860,18 +873,667 @@ def _hold(sockets: list[socket.socket], seconds: float) -> int:
     return dropped
 
 
+# --- chat mode: broadcast deliveries and latency ----------------------------------------------
+
+#: The room every chat client publishes to: chatd puts every session in it.
+CHAT_ROOM = "lobby"
+#: How the payload of a room message broadcast starts: chatd and the peer both write
+#: ``"type"`` first, in compact JSON. Other frames (welcome, presence, ack) are skipped.
+MESSAGE_PREFIX = b'{"type":"message"'
+#: chatd's answer to a join; a client counts as joined once it has one.
+JOINED_PREFIX = b'{"type":"joined"'
+#: What precedes the send timestamp (``time.perf_counter_ns``) in a message's text.
+STAMP_MARKER = b'"text":"t='
+#: The timestamp's width in digits, zero-padded: one slice reads it, no search for its end.
+STAMP_DIGITS = 20
+#: The largest share of deliveries that may be missing at the end before the run fails.
+#: (None may be missing: every broadcast goes to every member, the sender included.)
+MAX_LOST = 0
+#: After the last message is published, how long to wait for its deliveries (seconds).
+DRAIN_TIMEOUT = 10.0
+#: A client is settled when no frame arrived for this long after all had joined (seconds).
+SETTLE_QUIET = 0.3
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """Broadcast deliveries measured by ``run_chat``."""
+
+    url: str
+    clients: int
+    senders: int
+    #: Messages per second published (all senders together); None: as fast as the
+    #: in-flight bound lets them out.
+    rate: float | None
+    #: The most messages whose deliveries are not all in yet (max-rate mode only).
+    in_flight: int | None
+    #: The clients whose latencies were recorded (all, or an even sample).
+    latency_clients: int
+    warmup_s: float
+    measured_s: float
+    #: Messages published while measured, and per second.
+    published: int
+    published_per_s: float
+    #: Room messages received by all clients together while measured, and per second.
+    deliveries: int
+    deliveries_per_s: float
+    #: Send-to-receive latency of the deliveries measured, in milliseconds.
+    latency_samples: int
+    latency_p50_ms: float | None
+    latency_p90_ms: float | None
+    latency_p99_ms: float | None
+    latency_max_ms: float | None
+    #: Deliveries missing after the drain: published x clients - received, whole run.
+    lost: int
+    #: How late the last scheduled message left the generator (fixed-rate mode), ms:
+    #: large values mean the generator could not keep the schedule.
+    send_lag_max_ms: float | None
+    load_cpu_us_per_delivery: float
+    load_cpu_percent: float
+    server_cpu_percent: float | None
+    #: deliveries_per_s / server CPU share: deliveries per second of server CPU.
+    deliveries_per_server_cpu_s: float | None
+    other_cpu_percent: float | None
+    server_pid: int | None
+    connect_s: float
+    settle_s: float
+
+
+def scan_chat_frames(
+    data: bytes, arrival_ns: int, latencies: array[int] | None
+) -> tuple[int, int, int, list[tuple[int, bytes]]]:
+    """Walk the server frames in ``data``; hot path (the generator's cost per delivery).
+
+    Returns the number of room messages (final text frames whose payload starts with
+    ``MESSAGE_PREFIX``), the number of ``joined`` frames, the offset where the first
+    incomplete frame starts, and the control frames met as (opcode, payload). For each
+    room message, when ``latencies`` is given, ``arrival_ns`` minus the timestamp after
+    ``STAMP_MARKER`` is appended to it: one ``find``, one slice and one ``int``, no JSON.
+    """
+    size = len(data)
+    position = 0
+    messages = 0
+    joined = 0
+    controls: list[tuple[int, bytes]] = []
+    startswith = data.startswith
+    find = data.find
+    append = latencies.append if latencies is not None else None
+    skip = len(STAMP_MARKER)
+    while size - position >= 2:
+        first = data[position]
+        length = data[position + 1]
+        if length < 126:
+            start = position + 2
+        elif length == 126:
+            if size - position < 4:
+                break
+            start = position + 4
+            length = (data[position + 2] << 8) | data[position + 3]
+        elif length == 127:
+            if size - position < 10:
+                break
+            start = position + 10
+            length = int.from_bytes(data[position + 2 : start], "big")
+        else:
+            raise LoadError("the server sent a masked frame (section 5.1 forbids it)")
+        end = start + length
+        if end > size:
+            break
+        if first == 0x81:  # FIN + text: chat servers send each message in one frame
+            if startswith(MESSAGE_PREFIX, start):
+                messages += 1
+                if append is not None:
+                    marker = find(STAMP_MARKER, start, end) + skip
+                    if marker >= skip:
+                        append(arrival_ns - int(data[marker : marker + STAMP_DIGITS]))
+            elif startswith(JOINED_PREFIX, start):
+                joined += 1
+        elif first & 0x08:
+            controls.append((first & 0x0F, data[start:end]))
+        position = end
+    return messages, joined, position, controls
+
+
+def chat_message(number: int, stamp_ns: int, run: str = "", room: str = CHAT_ROOM) -> bytes:
+    """The masked frame of one published message: its text is ``t=<stamp_ns>``
+    (``STAMP_DIGITS`` wide), its id ``<run>-<number>`` (unique per run: chatd
+    acknowledges a reused id without broadcasting it again, as the protocol wants).
+    """
+    payload = b'{"type":"message","room":"%s","text":"t=%020d","id":"%s-%d"}' % (
+        room.encode(),
+        stamp_ns,
+        run.encode(),
+        number,
+    )
+    return encode_frame(Opcode.TEXT, payload, mask=MASK)
+
+
+def _percentile(ordered: Sequence[int], fraction: float) -> int:
+    """Nearest-rank percentile of sorted values."""
+    rank = max(1, math.ceil(len(ordered) * fraction))
+    return ordered[min(len(ordered), rank) - 1]
+
+
+class _ChatClient:
+    """``SelectorKey.data`` of one chat connection."""
+
+    __slots__ = ("joined", "outgoing", "received", "rest", "sampled", "sock")
+
+    def __init__(self, sock: socket.socket, rest: bytes, *, sampled: bool = True) -> None:
+        self.sock = sock
+        self.rest = rest  # the start of a frame not complete yet (or bytes after the 101)
+        self.outgoing = b""  # what the kernel did not take
+        self.received = 0  # room messages
+        self.joined = False
+        self.sampled = sampled  # its latencies are recorded
+
+
+class _ChatLoop:
+    """The generator's loop over every chat connection.
+
+    Hot path: ``select.epoll`` and a dict from descriptor to client, not ``selectors``,
+    whose per-event key objects cost more than the frames do (Linux only, like /proc).
+    """
+
+    def __init__(self, clients: list[_ChatClient]) -> None:
+        self.clients = clients
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, _ChatClient] = {}
+        for client in clients:
+            fd = client.sock.fileno()
+            self.by_fd[fd] = client
+            self.epoll.register(fd, select.EPOLLIN)
+        self.received = 0  # room messages, every client together
+        self.joined = 0
+        self.last_frame = time.monotonic()
+        # What came in the same segments as the 101 (chatd's welcome, joined) is here.
+        for client in clients:
+            if client.rest:
+                rest, client.rest = client.rest, b""
+                self.scan(client, rest, None)
+
+    def close(self) -> None:
+        self.epoll.close()
+
+    def poll(self, timeout: float, latencies: array[int] | None) -> None:
+        """Wait up to ``timeout`` seconds; read and scan whatever arrived."""
+        by_fd = self.by_fd
+        scan = self.scan
+        for fd, events in self.epoll.poll(timeout):
+            client = by_fd[fd]
+            if events & select.EPOLLOUT:
+                self.send(client, b"")
+                if not events & ~select.EPOLLOUT:
+                    continue
+            try:
+                data = client.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as failure:
+                raise LoadError(f"recv failed: {failure}") from failure
+            if not data:
+                raise LoadError("the server closed a connection during the run")
+            scan(client, data, latencies if client.sampled else None)
+
+    def scan(self, client: _ChatClient, data: bytes, latencies: array[int] | None) -> None:
+        """Count the frames ``data`` completes on ``client``; answer its pings."""
+        arrival = time.perf_counter_ns()
+        if client.rest:
+            data = client.rest + data
+        messages, joined, position, controls = scan_chat_frames(data, arrival, latencies)
+        client.rest = data[position:] if position < len(data) else b""
+        if controls:
+            _answer_controls(client.sock, controls)
+        if messages:
+            client.received += messages
+            self.received += messages
+        if joined and not client.joined:
+            client.joined = True
+            self.joined += 1
+        if position:
+            self.last_frame = time.monotonic()
+
+    def send(self, client: _ChatClient, data: bytes) -> None:
+        """Send now; keep what the kernel did not take and wait for EPOLLOUT for it."""
+        had_outgoing = bool(client.outgoing)
+        if had_outgoing:
+            data = client.outgoing + data
+        if data:
+            try:
+                sent = client.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as failure:
+                raise LoadError(f"send failed: {failure}") from failure
+            client.outgoing = data[sent:]
+        if bool(client.outgoing) != had_outgoing:
+            events = select.EPOLLIN | (select.EPOLLOUT if client.outgoing else 0)
+            self.epoll.modify(client.sock.fileno(), events)
+
+
+def run_chat(
+    url: str,
+    *,
+    clients: int = 100,
+    senders: int = 5,
+    rate: float | None = 20.0,
+    in_flight: int = 10,
+    duration: float = 3.0,
+    warmup: float = 1.0,
+    wait_joined: bool = False,
+    latency_clients: int | None = None,
+    server_pid: int | None = None,
+) -> ChatResult:
+    """Join ``clients`` connections to one room and publish into it from ``senders`` of
+    them; count the room messages every client receives and their latency.
+
+    ``url`` is the chat endpoint (``ws://127.0.0.1:P/ws``); client ``i`` connects with
+    ``?name=u<i>``. With ``wait_joined`` (chatd) a client is ready when its ``joined``
+    arrived; otherwise when connected. Once every client is ready and the presence
+    traffic has died down, the senders publish, round-robin, ``rate`` messages per
+    second in all, or with ``rate`` None as fast as the bound of ``in_flight`` messages
+    not yet delivered to everyone allows. Deliveries and latencies are counted for
+    ``duration`` seconds after ``warmup``; then publishing stops and every delivery must
+    arrive.
+
+    Latency is recorded on every client, or with ``latency_clients`` on that many,
+    spread evenly (every k-th connection): reading the timestamps costs the generator
+    more than counting the frames, and at the highest rates that matters.
+    """
+    if clients < 1 or not 1 <= senders <= clients or duration <= 0 or warmup < 0:
+        raise LoadError("clients and senders (at most clients) must be positive, duration too")
+    if rate is not None and rate <= 0:
+        raise LoadError("the rate must be positive (or None: as fast as in-flight allows)")
+    if rate is None and in_flight < 1:
+        raise LoadError("in-flight must be positive")
+    target = parse_target(url)
+    if server_pid is None:
+        server_pid = find_listener_pid(target.port)
+    raise_nofile_limit(clients + 64)
+    separator = "&" if "?" in target.path else "?"
+    paths = [f"{target.path}{separator}name=u{index}" for index in range(clients)]
+    opened = open_connections(target, clients, timeout=max(10.0, clients / 50), paths=paths)
+    if len(opened.sockets) < clients:
+        close_connections([sock for sock, _ in opened.sockets], timeout=1.0)
+        raise LoadError(f"opened {len(opened.sockets)} of {clients}: {dict(opened.errors)}")
+    every = max(1, clients // latency_clients) if latency_clients else 1
+    connections = [
+        _ChatClient(sock, rest, sampled=index % every == 0)
+        for index, (sock, rest) in enumerate(opened.sockets)
+    ]
+    loop = _ChatLoop(connections)
+    try:
+        settle_s = _settle(loop, wait_joined, timeout=30.0 + clients / 20)
+        result = _publish(
+            loop,
+            senders=connections[:senders],
+            rate=rate,
+            in_flight=in_flight,
+            warmup=warmup,
+            duration=duration,
+            server_pid=server_pid,
+        )
+    finally:
+        loop.close()
+        close_connections([connection.sock for connection in connections], timeout=2.0)
+    result.update(
+        url=target.url,
+        clients=clients,
+        senders=senders,
+        rate=rate,
+        in_flight=None if rate is not None else in_flight,
+        latency_clients=sum(connection.sampled for connection in connections),
+        warmup_s=warmup,
+        server_pid=server_pid,
+        connect_s=round(opened.seconds, 3),
+        settle_s=round(settle_s, 3),
+    )
+    return ChatResult(**result)
+
+
+def _settle(loop: _ChatLoop, wait_joined: bool, *, timeout: float) -> float:
+    """Read until every client joined (if asked) and nothing arrived for SETTLE_QUIET."""
+    started = time.monotonic()
+    deadline = started + timeout
+    count = len(loop.clients)
+    while True:
+        now = time.monotonic()
+        ready = not wait_joined or loop.joined == count
+        if ready and now - loop.last_frame >= SETTLE_QUIET:
+            return now - started
+        if now >= deadline:
+            raise LoadError(
+                f"not settled in {timeout:.0f}s: {loop.joined} of {count} clients joined"
+            )
+        loop.poll(min(deadline - now, SETTLE_QUIET), None)
+
+
+def _publish(
+    loop: _ChatLoop,
+    *,
+    senders: list[_ChatClient],
+    rate: float | None,
+    in_flight: int,
+    warmup: float,
+    duration: float,
+    server_pid: int | None,
+) -> dict[str, Any]:
+    """Publish for ``warmup + duration``, measure the second part, then drain."""
+    members = len(loop.clients)
+    run_id = os.urandom(4).hex()
+    latencies: array[int] = array("q")
+    published = 0
+    published_from = 0
+    received_from = 0
+    measuring = False
+    send_lag = 0.0
+    started = time.perf_counter()
+    measure_from = started + warmup
+    measure_start = measure_from
+    end = measure_from + duration
+    cpu_start = server_cpu_start = machine_cpu_start = 0.0
+    interval = 1.0 / rate if rate is not None else 0.0
+    while True:
+        now = time.perf_counter()
+        if not measuring and now >= measure_from:
+            measuring = True
+            measure_start = now
+            published_from = published
+            received_from = loop.received
+            cpu_start = time.process_time()
+            machine_cpu_start = read_machine_busy_seconds()
+            if server_pid is not None:
+                server_cpu_start = read_cpu_seconds(server_pid)
+        if now >= end:
+            break
+        # Publish what is due: by the clock at a fixed rate, else up to the bound.
+        if rate is not None:
+            due = min(int((now - started) * rate) + 1, int((end - started) * rate) + 1)
+            batch = due - published
+            if batch > 0:
+                send_lag = max(send_lag, now - (started + published * interval))
+        else:
+            batch = in_flight - (published * members - loop.received + members - 1) // members
+        if batch > 0:
+            frames: dict[int, list[bytes]] = {}
+            for number in range(published, published + batch):
+                frames.setdefault(number % len(senders), []).append(
+                    chat_message(number, time.perf_counter_ns(), run_id)
+                )
+            published += batch
+            for index, burst in frames.items():
+                loop.send(senders[index], b"".join(burst))
+        # Until the next message is due; at most 0.25 s, so the clock is checked.
+        wait = started + published * interval - time.perf_counter() if rate is not None else 0.25
+        loop.poll(max(0.0, min(wait, end - now, 0.25)), latencies if measuring else None)
+    finished = time.perf_counter()
+    received = loop.received - received_from
+    sent = published - published_from
+    load_cpu = time.process_time() - cpu_start
+    machine_cpu = read_machine_busy_seconds() - machine_cpu_start
+    server_cpu = None
+    if server_pid is not None:
+        server_cpu = read_cpu_seconds(server_pid) - server_cpu_start
+    # Every published message must reach every member: wait for the last ones.
+    expected = published * members
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while loop.received < expected and time.monotonic() < deadline:
+        loop.poll(0.1, None)
+    lost = expected - loop.received
+    if lost > MAX_LOST:
+        raise LoadError(
+            f"{lost} of {expected} deliveries missing {DRAIN_TIMEOUT:.0f}s after the last"
+            " message was published"
+        )
+    measured = finished - measure_start
+    other_cpu = None
+    if server_cpu is not None:
+        other_cpu = max(0.0, machine_cpu - load_cpu - server_cpu)
+    ordered = sorted(latencies)
+    del latencies
+
+    def milliseconds(fraction: float) -> float | None:
+        return round(_percentile(ordered, fraction) / 1e6, 2) if ordered else None
+
+    rate_measured = received / measured if measured > 0 else 0.0
+    return {
+        "measured_s": round(measured, 3),
+        "published": sent,
+        "published_per_s": round(sent / measured, 1) if measured > 0 else 0.0,
+        "deliveries": received,
+        "deliveries_per_s": round(rate_measured, 1),
+        "latency_samples": len(ordered),
+        "latency_p50_ms": milliseconds(0.50),
+        "latency_p90_ms": milliseconds(0.90),
+        "latency_p99_ms": milliseconds(0.99),
+        "latency_max_ms": round(ordered[-1] / 1e6, 2) if ordered else None,
+        "lost": lost,
+        "send_lag_max_ms": round(send_lag * 1e3, 2) if rate is not None else None,
+        "load_cpu_us_per_delivery": round(load_cpu / received * 1e6, 2) if received else 0.0,
+        "load_cpu_percent": round(100 * load_cpu / measured, 1),
+        "server_cpu_percent": None if server_cpu is None else round(100 * server_cpu / measured, 1),
+        "deliveries_per_server_cpu_s": round(received / server_cpu) if server_cpu else None,
+        "other_cpu_percent": None if other_cpu is None else round(100 * other_cpu / measured, 1),
+    }
+
+
+# --- calibration: a broadcast server that does nothing else ----------------------------------
+
+
+class _CalibrationPeer:
+    """One connection of the calibration server."""
+
+    __slots__ = ("buffer", "name", "open", "outgoing", "pending", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.name = "guest"
+        self.open = False
+        self.pending: list[bytes] = []  # frames queued this tick
+        self.outgoing = b""  # what the kernel did not take
+
+
+def serve_calibration(port: int, *, max_seconds: float = 3600.0) -> None:
+    """Serve the chat broadcast of ``bench.peers.websockets_broadcast`` with as little
+    work as Python allows, to measure how many deliveries the generator can consume.
+
+    One selectors loop; a client's ``message`` is decoded with ``json.loads`` and its
+    broadcast frame encoded once, queued on every connection and sent with one ``send``
+    per connection per tick. No validation beyond what the generator needs, no pings,
+    no limits: a calibration tool, never a server. Stops on SIGTERM or SIGINT, or after
+    ``max_seconds``.
+    """
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    raise_nofile_limit(65_536)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((ALLOWED_HOST, port))
+    listener.listen(1024)
+    listener.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, None)
+    members: set[_CalibrationPeer] = set()
+    dirty: list[_CalibrationPeer] = []
+    seq = 0
+    print("ready", flush=True)
+    deadline = time.monotonic() + max_seconds
+
+    def drop(peer: _CalibrationPeer) -> None:
+        members.discard(peer)
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(peer.sock)
+        peer.sock.close()
+
+    def write(peer: _CalibrationPeer, data: bytes) -> None:
+        if peer.outgoing:
+            peer.outgoing += data
+            return
+        try:
+            sent = peer.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            drop(peer)
+            return
+        if sent < len(data):
+            peer.outgoing = data[sent:]
+            selector.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, peer)
+
+    def on_frames(peer: _CalibrationPeer) -> None:
+        nonlocal seq
+        data = peer.buffer
+        position = 0
+        while len(data) - position >= 6:
+            opcode = data[position] & 0x0F
+            length = data[position + 1] & 0x7F
+            start = position + 2
+            if length == 126:
+                length = int.from_bytes(data[start : start + 2], "big")
+                start += 2
+            elif length == 127:
+                length = int.from_bytes(data[start : start + 8], "big")
+                start += 8
+            end = start + 4 + length
+            if end > len(data):
+                break
+            key = data[start : start + 4]
+            masked = data[start + 4 : end]
+            payload = (
+                int.from_bytes(masked, "big")
+                ^ int.from_bytes((key * (length // 4 + 1))[:length], "big")
+            ).to_bytes(length, "big")
+            position = end
+            if opcode == Opcode.TEXT:
+                message = json.loads(payload)
+                if message.get("type") != "message":
+                    continue
+                seq += 1
+                wire = {
+                    "type": "message",
+                    "room": message.get("room"),
+                    "seq": seq,
+                    "ts": time.time_ns() // 1_000_000,
+                    "from": peer.name,
+                    "text": message.get("text"),
+                    "kind": "text",
+                    "id": message.get("id"),
+                }
+                frame = encode_frame(Opcode.TEXT, json.dumps(wire, separators=(",", ":")).encode())
+                for member in members:
+                    if not member.pending:
+                        dirty.append(member)
+                    member.pending.append(frame)
+            elif opcode == Opcode.CLOSE:
+                write(peer, encode_frame(Opcode.CLOSE, payload[:2]))
+                drop(peer)
+                return
+            elif opcode == Opcode.PING:
+                write(peer, encode_frame(Opcode.PONG, payload))
+        peer.buffer = data[position:]
+
+    def on_handshake(peer: _CalibrationPeer) -> None:
+        head_end = peer.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = peer.buffer[:head_end].decode("latin-1")
+        peer.buffer = peer.buffer[head_end + 4 :]
+        key = ""
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "sec-websocket-key":
+                key = value.strip()
+        target = head.split(" ", 2)[1]
+        names = [part[5:] for part in urlsplit(target).query.split("&") if part[:5] == "name="]
+        peer.name = names[0] if names else "guest"
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        )
+        write(
+            peer,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n",
+        )
+        peer.open = True
+        members.add(peer)
+
+    try:
+        while not stop and time.monotonic() < deadline:
+            for selector_key, events in selector.select(0.5):
+                peer = selector_key.data
+                if peer is None:
+                    for _ in range(64):
+                        try:
+                            sock, _ = listener.accept()
+                        except BlockingIOError:
+                            break
+                        sock.setblocking(False)
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        selector.register(sock, selectors.EVENT_READ, _CalibrationPeer(sock))
+                    continue
+                if events & selectors.EVENT_WRITE and peer.outgoing:
+                    data, peer.outgoing = peer.outgoing, b""
+                    write(peer, data)
+                    if not peer.outgoing and peer in members:
+                        selector.modify(peer.sock, selectors.EVENT_READ, peer)
+                if not events & selectors.EVENT_READ:
+                    continue
+                try:
+                    data = peer.sock.recv(RECV_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    drop(peer)
+                    continue
+                peer.buffer += data
+                if not peer.open:
+                    on_handshake(peer)
+                if peer.open:
+                    on_frames(peer)
+            for peer in dirty:
+                frames, peer.pending = peer.pending, []
+                if peer in members:
+                    write(peer, b"".join(frames))
+            dirty.clear()
+    finally:
+        for peer in list(members):
+            drop(peer)
+        selector.close()
+        listener.close()
+
+
 # --- compare: our server beside the peers ----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Implementation:
-    """An echo server to compare: how to start it (the port is appended)."""
+    """A server to compare: how to start it (the port is appended) and where its
+    WebSocket endpoint is.
+    """
 
     name: str
     command: tuple[str, ...]
     needs: str | None  # the module it needs, if any
+    #: The endpoint's path: the readiness probe and the load connect there.
+    path: str = "/"
+    #: Started with ``--db FILE``, a fresh SQLite file in a temporary directory.
+    database: bool = False
+    #: Extra arguments for the load command (chatd: wait for each client's ``joined``).
+    load_arguments: tuple[str, ...] = ()
+    #: Measured unless ``--impl`` names others; False for calibration tools.
+    default: bool = True
 
 
+#: The echo suite: our echo server beside echo servers on other libraries.
 IMPLEMENTATIONS = (
     Implementation(
         "rfc6455",
@@ -882,6 +1544,37 @@ IMPLEMENTATIONS = (
     Implementation("aiohttp", ("-m", "bench.peers.aiohttp_echo", "--port"), "aiohttp"),
 )
 OURS = "rfc6455"
+#: The chat suite: chatd beside a broadcast server on ``websockets``, and (on request,
+#: ``--impl calibration``) the bare broadcast loop that measures the generator's ceiling.
+CHAT_IMPLEMENTATIONS = (
+    Implementation(
+        "chatd",
+        ("-m", "chatd", "--log-level", "WARNING", "--port"),
+        None,
+        path="/ws",
+        database=True,
+        load_arguments=("--wait-joined",),
+    ),
+    Implementation(
+        "websockets",
+        ("-m", "bench.peers.websockets_broadcast", "--port"),
+        "websockets",
+        path="/ws",
+    ),
+    Implementation(
+        "calibration",
+        ("-m", "bench.load", "calibration-server", "--port"),
+        None,
+        path="/ws",
+        default=False,
+    ),
+)
+CHAT_OURS = "chatd"
+#: Suite name -> (its implementations, the one whose ratios to the others are reported).
+SUITES: dict[str, tuple[tuple[Implementation, ...], str]] = {
+    "echo": (IMPLEMENTATIONS, OURS),
+    "chat": (CHAT_IMPLEMENTATIONS, CHAT_OURS),
+}
 #: An echo measurement during which other processes used more than this share of one
 #: core (percent) is repeated, up to NOISY_RETRIES times; the noisy one is kept in the
 #: JSON but left out of the medians.
@@ -897,7 +1590,7 @@ class Scenario:
 
     name: str
     label: str
-    kind: str  # "echo" or "idle"
+    kind: str  # "echo", "idle" or "chat"
     arguments: tuple[str, ...]
     metric: str
     unit: str
@@ -906,6 +1599,9 @@ class Scenario:
     targets: dict[str, float]
     #: Further figures of the result, reported without targets: (metric, unit).
     secondary: tuple[tuple[str, str], ...] = ()
+    #: A target for our own figure: at least (or at most) this value.
+    limit: float | None = None
+    suite: str = "echo"
 
 
 @dataclass(frozen=True, slots=True)
@@ -917,14 +1613,42 @@ class CompareSettings:
     warmup: float
     idle_connections: int
     hold: float
+    #: The chat suite: rounds, measured seconds and warm-up of every broadcast run.
+    chat_rounds: int = 3
+    chat_duration: float = 4.0
+    chat_warmup: float = 1.0
+    #: Clients joined to the room, one scenario pair per count.
+    chat_clients: tuple[int, ...] = (100, 1_000)
+    #: Publishing clients, the fixed total rate (messages/s) of the latency scenarios,
+    #: and the messages in flight of the throughput scenarios.
+    chat_senders: int = 5
+    chat_rate: float = 20.0
+    chat_in_flight: int = 10
 
 
 FULL = CompareSettings(rounds=5, duration=3.0, warmup=1.0, idle_connections=10_000, hold=2.0)
-QUICK = CompareSettings(rounds=1, duration=1.5, warmup=0.5, idle_connections=1_000, hold=1.0)
+QUICK = CompareSettings(
+    rounds=1,
+    duration=1.5,
+    warmup=0.5,
+    idle_connections=1_000,
+    hold=1.0,
+    chat_rounds=1,
+    chat_duration=2.0,
+    chat_warmup=0.5,
+)
+#: The issue's latency bound for chatd: p99 under 100 ms with 1,000 clients at 20 msg/s.
+CHAT_P99_LIMIT_MS = 100.0
+#: The issue's throughput target: at least twice the deliveries/s of the websockets peer.
+CHAT_DELIVERIES_TARGET = {"websockets": 2.0}
 
 
-def scenarios_for(settings: CompareSettings) -> list[Scenario]:
-    """The issue's three scenarios with these settings."""
+def scenarios_for(settings: CompareSettings, suite: str = "echo") -> list[Scenario]:
+    """The scenarios of ``suite``: the echo suite's three (echo-1x1, echo-100x16, idle)
+    or the chat suite's two per client count (fixed rate, then as fast as possible).
+    """
+    if suite == "chat":
+        return _chat_scenarios(settings)
     timing = ("--duration", str(settings.duration), "--warmup", str(settings.warmup))
     echo_targets = {"websockets": 1.5, "aiohttp": 1.0}
     # Round trips per second of server CPU: how much work each server does per echo,
@@ -966,6 +1690,49 @@ def scenarios_for(settings: CompareSettings) -> list[Scenario]:
     ]
 
 
+def _chat_scenarios(settings: CompareSettings) -> list[Scenario]:
+    timing = ("--duration", str(settings.chat_duration), "--warmup", str(settings.chat_warmup))
+    largest = max(settings.chat_clients)
+    scenarios = []
+    for clients in settings.chat_clients:
+        common = ("--clients", str(clients), "--senders", str(settings.chat_senders), *timing)
+        rate = f"{settings.chat_rate:g}"
+        scenarios.append(
+            Scenario(
+                f"chat-{clients}x{rate}mps",
+                f"broadcast, {clients:,} clients, {rate} messages/s published",
+                "chat",
+                (*common, "--rate", rate),
+                "latency_p99_ms",
+                "ms p99",
+                False,
+                {},
+                (("latency_p50_ms", "ms p50"), ("deliveries_per_s", "deliveries/s")),
+                limit=CHAT_P99_LIMIT_MS if clients == largest else None,
+                suite="chat",
+            )
+        )
+        scenarios.append(
+            Scenario(
+                f"chat-{clients}-max",
+                f"broadcast, {clients:,} clients, {settings.chat_in_flight} messages in flight",
+                "chat",
+                (*common, "--in-flight", str(settings.chat_in_flight)),
+                "deliveries_per_s",
+                "deliveries/s",
+                True,
+                CHAT_DELIVERIES_TARGET if clients == largest else {},
+                (
+                    ("deliveries_per_server_cpu_s", "deliveries/server CPU-s"),
+                    ("latency_p50_ms", "ms p50"),
+                    ("latency_p99_ms", "ms p99"),
+                ),
+                suite="chat",
+            )
+        )
+    return scenarios
+
+
 def _cpu_plan() -> tuple[set[int] | None, set[int] | None]:
     """CPUs for the server and for the load generator: one each when there are two."""
     with contextlib.suppress(AttributeError, OSError):
@@ -999,11 +1766,16 @@ class ServerProcess:
     def __init__(self, implementation: Implementation, cpus: set[int] | None, nofile: int) -> None:
         self.implementation = implementation
         self.port = _free_port()
-        self.url = f"ws://{ALLOWED_HOST}:{self.port}/"
-        # Lives as long as the server; closed in stop().
+        self.url = f"ws://{ALLOWED_HOST}:{self.port}{implementation.path}"
+        # Both live as long as the server; closed in stop().
         self.log = tempfile.TemporaryFile()  # noqa: SIM115
+        self.database: tempfile.TemporaryDirectory[str] | None = None
+        command = [sys.executable, *implementation.command, str(self.port)]
+        if implementation.database:
+            self.database = tempfile.TemporaryDirectory(prefix="bench-chatd-")
+            command += ["--db", str(Path(self.database.name) / "chatd.sqlite3")]
         self.process = subprocess.Popen(
-            [sys.executable, *implementation.command, str(self.port)],
+            command,
             cwd=REPO_ROOT,
             stdin=subprocess.DEVNULL,
             stdout=self.log,
@@ -1043,6 +1815,8 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait(5)
         self.log.close()
+        if self.database is not None:
+            self.database.cleanup()
 
 
 def _run_load(
@@ -1155,94 +1929,124 @@ def environment() -> dict[str, Any]:
 def compare(
     settings: CompareSettings,
     *,
+    suites: Sequence[str] = tuple(SUITES),
     implementations: Sequence[str] | None = None,
     output: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Measure every scenario for every implementation, round-robin; print and save."""
-    chosen = [
-        implementation
-        for implementation in IMPLEMENTATIONS
-        if implementations is None or implementation.name in implementations
-    ]
-    skipped = [
-        implementation.name
-        for implementation in chosen
-        if implementation.needs and importlib.util.find_spec(implementation.needs) is None
-    ]
-    for name in skipped:
-        log(f"skipping {name}: the library is not installed")
-    chosen = [implementation for implementation in chosen if implementation.name not in skipped]
-    scenarios = scenarios_for(settings)
+    """Measure every scenario of ``suites`` for every implementation, round-robin;
+    print and save.
+    """
+    plans: list[tuple[str, list[Implementation], list[Scenario]]] = []
+    for suite in suites:
+        catalog, _ = SUITES[suite]
+        chosen = [
+            implementation
+            for implementation in catalog
+            if (
+                implementation.default
+                if implementations is None
+                else implementation.name in implementations
+            )
+        ]
+        skipped = [
+            implementation.name
+            for implementation in chosen
+            if implementation.needs and importlib.util.find_spec(implementation.needs) is None
+        ]
+        for name in skipped:
+            log(f"skipping {name} ({suite}): the library is not installed")
+        chosen = [implementation for implementation in chosen if implementation.name not in skipped]
+        if chosen:
+            plans.append((suite, chosen, scenarios_for(settings, suite)))
     server_cpus, load_cpus = _cpu_plan()
-    nofile = settings.idle_connections + 1024
+    nofile = max(settings.idle_connections, *settings.chat_clients) + 1024
     raise_nofile_limit(nofile)
     repetitions: list[dict[str, Any]] = []
     started_at = time.time()
-    echo_servers: dict[str, ServerProcess] = {}
+    shared_servers: dict[str, ServerProcess] = {}
     retries_left = NOISY_RETRY_BUDGET
     try:
-        for implementation in chosen:
-            server = ServerProcess(implementation, server_cpus, nofile)
-            echo_servers[implementation.name] = server
-        for server in echo_servers.values():
-            server.wait_ready()
-        for round_number in range(settings.rounds):
-            # Rotate the order every round so that drift hits every implementation alike.
-            shift = round_number % max(1, len(chosen))
-            order = chosen[shift:] + chosen[:shift]
-            for scenario in scenarios:
-                for implementation in order:
-                    for attempt in range(1 + NOISY_RETRIES):
-                        repetition = _measure(
-                            scenario,
-                            implementation,
-                            echo_servers=echo_servers,
-                            settings=settings,
-                            server_cpus=server_cpus,
-                            load_cpus=load_cpus,
-                            nofile=nofile,
-                        )
-                        repetition["round"] = round_number + 1
-                        repetition["attempt"] = attempt + 1
-                        repetitions.append(repetition)
-                        log(_describe(repetition, scenario))
-                        other = repetition.get("result", {}).get("other_cpu_percent")
-                        if (
-                            other is None
-                            or other <= NOISE_LIMIT
-                            or attempt == NOISY_RETRIES
-                            or retries_left == 0
-                        ):
-                            break
-                        # Another process took CPU meanwhile: measure again, keep both.
-                        repetition["discarded"] = f"other processes used {other}% CPU"
-                        retries_left -= 1
+        for suite, chosen, scenarios in plans:
+            if suite == "echo":
+                # Echo scenarios reuse one server per implementation; the others start fresh.
+                for implementation in chosen:
+                    shared_servers[implementation.name] = ServerProcess(
+                        implementation, server_cpus, nofile
+                    )
+                for server in shared_servers.values():
+                    server.wait_ready()
+            rounds = settings.rounds if suite == "echo" else settings.chat_rounds
+            for round_number in range(rounds):
+                # Rotate the order every round so that drift hits every implementation alike.
+                shift = round_number % max(1, len(chosen))
+                order = chosen[shift:] + chosen[:shift]
+                for scenario in scenarios:
+                    for implementation in order:
+                        for attempt in range(1 + NOISY_RETRIES):
+                            repetition = _measure(
+                                scenario,
+                                implementation,
+                                shared_servers=shared_servers,
+                                settings=settings,
+                                server_cpus=server_cpus,
+                                load_cpus=load_cpus,
+                                nofile=nofile,
+                            )
+                            repetition["round"] = round_number + 1
+                            repetition["attempt"] = attempt + 1
+                            repetitions.append(repetition)
+                            log(_describe(repetition, scenario))
+                            other = repetition.get("result", {}).get("other_cpu_percent")
+                            if (
+                                other is None
+                                or other <= NOISE_LIMIT
+                                or attempt == NOISY_RETRIES
+                                or retries_left == 0
+                            ):
+                                break
+                            # Another process took CPU meanwhile: measure again, keep both.
+                            repetition["discarded"] = f"other processes used {other}% CPU"
+                            retries_left -= 1
+            for server in shared_servers.values():
+                server.stop()
+            shared_servers.clear()
     finally:
-        for server in echo_servers.values():
+        for server in shared_servers.values():
             server.stop()
-    summary = summarize(scenarios, [implementation.name for implementation in chosen], repetitions)
+    summary: dict[str, Any] = {}
+    tables = []
+    for suite, chosen, scenarios in plans:
+        names = [implementation.name for implementation in chosen]
+        ours = SUITES[suite][1]
+        suite_summary = summarize(scenarios, names, repetitions, ours=ours)
+        summary.update(suite_summary)
+        tables.append(format_table(scenarios, names, suite_summary, ours=ours))
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_at)),
         "wall_s": round(time.time() - started_at, 1),
         **environment(),
         "settings": dataclasses.asdict(settings),
+        "suites": [suite for suite, _, _ in plans],
         "cpu_pinning": {
             "server": sorted(server_cpus) if server_cpus else None,
             "load": sorted(load_cpus) if load_cpus else None,
         },
-        "scenarios": [dataclasses.asdict(scenario) for scenario in scenarios],
+        "scenarios": [
+            dataclasses.asdict(scenario) for _, _, scenarios in plans for scenario in scenarios
+        ],
         "summary": summary,
         "repetitions": repetitions,
     }
-    log("")
-    log(format_table(scenarios, [implementation.name for implementation in chosen], summary))
+    for table in tables:
+        log("")
+        log(table)
     if output is None:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started_at))
         output = RESULTS_DIR / f"load-{stamp}.json"
     output.write_text(json.dumps(report, indent=2) + "\n")
-    log(f"\nwrote {output}")
+    log(f"\nwrote {output} ({report['wall_s']:.0f} s)")
     return report
 
 
@@ -1250,28 +2054,37 @@ def _measure(
     scenario: Scenario,
     implementation: Implementation,
     *,
-    echo_servers: dict[str, ServerProcess],
+    shared_servers: dict[str, ServerProcess],
     settings: CompareSettings,
     server_cpus: set[int] | None,
     load_cpus: set[int] | None,
     nofile: int,
 ) -> dict[str, Any]:
-    """One repetition. Idle runs get a fresh server, so that its baseline is clean."""
+    """One repetition. Idle runs get a fresh server, so that its baseline is clean; chat
+    runs too, so that each starts with an empty room (and chatd with an empty database).
+    """
     repetition: dict[str, Any] = {"scenario": scenario.name, "impl": implementation.name}
     fresh: ServerProcess | None = None
     try:
-        if scenario.kind == "idle":
+        if scenario.kind in {"idle", "chat"}:
             fresh = ServerProcess(implementation, server_cpus, nofile)
             fresh.wait_ready()
             server = fresh
-            timeout = 120.0 + settings.idle_connections / 100 + settings.hold
         else:
-            server = echo_servers[implementation.name]
+            server = shared_servers[implementation.name]
+        if scenario.kind == "idle":
+            timeout = 120.0 + settings.idle_connections / 100 + settings.hold
+        elif scenario.kind == "chat":
+            timeout = 120.0 + max(settings.chat_clients) / 20 + settings.chat_duration
+        else:
             timeout = 60.0 + settings.duration + settings.warmup
+        arguments = scenario.arguments
+        if scenario.kind == "chat":
+            arguments += implementation.load_arguments
         result = _run_load(
             scenario.kind,
             server.url,
-            arguments=scenario.arguments,
+            arguments=arguments,
             server_pid=server.pid,
             cpus=load_cpus,
             nofile=nofile,
@@ -1289,10 +2102,20 @@ def _measure(
 
 
 def _describe(repetition: dict[str, Any], scenario: Scenario) -> str:
-    where = f"round {repetition['round']} {scenario.name:<12} {repetition['impl']:<10}"
+    where = f"round {repetition['round']} {scenario.name:<16} {repetition['impl']:<11}"
     if repetition["value"] is None:
         return f"{where} failed: {repetition.get('error')}"
     result = repetition["result"]
+    if scenario.kind == "chat":
+        return (
+            f"{where} {result['deliveries_per_s']:>10,.0f} deliveries/s  "
+            f"p50 {result['latency_p50_ms']} ms  p99 {result['latency_p99_ms']} ms  "
+            f"published {result['published_per_s']}/s  "
+            f"server CPU {result['server_cpu_percent']}%  "
+            f"load CPU {result['load_cpu_percent']}% "
+            f"({result['load_cpu_us_per_delivery']} us/delivery)  "
+            f"other CPU {result['other_cpu_percent']}%"
+        )
     if scenario.kind == "echo":
         return (
             f"{where} {result['round_trips_per_s']:>10,.0f} rt/s  "
@@ -1318,6 +2141,7 @@ class Figure:
     unit: str
     higher_is_better: bool
     targets: dict[str, float]
+    limit: float | None = None
 
 
 def figures_for(scenarios: Sequence[Scenario]) -> list[Figure]:
@@ -1332,6 +2156,7 @@ def figures_for(scenarios: Sequence[Scenario]) -> list[Figure]:
                 scenario.unit,
                 scenario.higher_is_better,
                 scenario.targets,
+                scenario.limit,
             )
         )
         for metric, unit in scenario.secondary:
@@ -1341,9 +2166,13 @@ def figures_for(scenarios: Sequence[Scenario]) -> list[Figure]:
 
 
 def summarize(
-    scenarios: Sequence[Scenario], names: Sequence[str], repetitions: Sequence[dict[str, Any]]
+    scenarios: Sequence[Scenario],
+    names: Sequence[str],
+    repetitions: Sequence[dict[str, Any]],
+    *,
+    ours: str = OURS,
 ) -> dict[str, Any]:
-    """Medians per figure and implementation, and our ratio to each peer."""
+    """Medians per figure and implementation, and the ratio of ``ours`` to each peer."""
     summary: dict[str, Any] = {}
     for figure in figures_for(scenarios):
         medians: dict[str, float | None] = {}
@@ -1369,12 +2198,12 @@ def summarize(
             noise[name] = statistics.median(others) if others else None
         ratios: dict[str, float | None] = {}
         verdicts: dict[str, bool | None] = {}
-        ours = medians.get(OURS)
+        our_value = medians.get(ours)
         for name in names:
-            if name == OURS:
+            if name == ours:
                 continue
             theirs = medians.get(name)
-            ratio = ours / theirs if ours is not None and theirs else None
+            ratio = our_value / theirs if our_value is not None and theirs else None
             ratios[name] = None if ratio is None else round(ratio, 3)
             target = figure.targets.get(name)
             if target is None or ratio is None:
@@ -1383,12 +2212,19 @@ def summarize(
                 verdicts[name] = ratio >= target
             else:
                 verdicts[name] = ratio <= target
+        limit_met = None
+        if figure.limit is not None and our_value is not None:
+            limit_met = (
+                our_value >= figure.limit if figure.higher_is_better else our_value <= figure.limit
+            )
         summary[figure.key] = {
             "unit": figure.unit,
             "medians": medians,
             "ratios": ratios,
             "targets": figure.targets,
             "met": verdicts,
+            "limit": figure.limit,
+            "limit_met": limit_met,
             "counted": counted,
             "median_other_cpu_percent": noise,
         }
@@ -1396,11 +2232,15 @@ def summarize(
 
 
 def format_table(
-    scenarios: Sequence[Scenario], names: Sequence[str], summary: dict[str, Any]
+    scenarios: Sequence[Scenario],
+    names: Sequence[str],
+    summary: dict[str, Any],
+    *,
+    ours: str = OURS,
 ) -> str:
     """A plain-text table of medians and ratios (ours / peer) with the targets."""
-    peers = [name for name in names if name != OURS]
-    header = ["figure", "unit", *names, *(f"{OURS}/{peer}" for peer in peers)]
+    peers = [name for name in names if name != ours]
+    header = ["figure", "unit", *names, *(f"{ours}/{peer}" for peer in peers)]
     rows = [header]
     for figure in figures_for(scenarios):
         entry = summary[figure.key]
@@ -1409,10 +2249,13 @@ def format_table(
             value = entry["medians"].get(name)
             if value is None:
                 row.append("-")
-            elif abs(value) >= 100:
-                row.append(f"{value:,.0f}")
             else:
-                row.append(f"{value:.2f}")
+                cell = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+                if name == ours and entry.get("limit") is not None:
+                    sign = ">=" if figure.higher_is_better else "<="
+                    verdict = "ok" if entry["limit_met"] else "MISS"
+                    cell += f" ({sign}{entry['limit']:g}: {verdict})"
+                row.append(cell)
         for peer in peers:
             ratio = entry["ratios"].get(peer)
             target = figure.targets.get(peer)
@@ -1462,14 +2305,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     idle.add_argument("--server-pid", type=int, help="for VmRSS (found from the port if not given)")
     idle.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
+    chat = commands.add_parser("chat", help="broadcast deliveries/s and latency in one room")
+    chat.add_argument("--url", required=True, help="the chat endpoint, ws://127.0.0.1:P/ws")
+    chat.add_argument("--clients", type=int, default=100)
+    chat.add_argument("--senders", type=int, default=5)
+    chat.add_argument(
+        "--rate", type=float, help="messages/s published in all (default: as fast as in-flight)"
+    )
+    chat.add_argument("--in-flight", type=int, default=10, help="messages, without --rate")
+    chat.add_argument("--duration", type=float, default=3.0)
+    chat.add_argument("--warmup", type=float, default=1.0)
+    chat.add_argument(
+        "--wait-joined", action="store_true", help="a client is ready at its joined (chatd)"
+    )
+    chat.add_argument(
+        "--latency-clients", type=int, help="record latency on this many clients (default all)"
+    )
+    chat.add_argument(
+        "--server-pid", type=int, help="for CPU use (found from the port if not given)"
+    )
+    chat.add_argument("--json", action="store_true", help="print the result as one JSON line")
+
+    calibration = commands.add_parser(
+        "calibration-server", help="a bare broadcast loop, to measure the generator's ceiling"
+    )
+    calibration.add_argument("--port", type=int, required=True)
+    calibration.add_argument("--max-seconds", type=float, default=3600.0)
+
     compare_parser = commands.add_parser("compare", help="ours beside the peers, round-robin")
     compare_parser.add_argument("--quick", action="store_true", help="one short round, 1,000 idle")
-    compare_parser.add_argument("--rounds", type=int)
-    compare_parser.add_argument("--duration", type=float)
+    compare_parser.add_argument(
+        "--suite", action="append", choices=list(SUITES), help="repeatable (default: all)"
+    )
+    compare_parser.add_argument("--rounds", type=int, help="rounds of every suite")
+    compare_parser.add_argument("--duration", type=float, help="seconds measured, every suite")
     compare_parser.add_argument("--connections", type=int, help="idle connections")
     compare_parser.add_argument(
-        "--impl", action="append", choices=[i.name for i in IMPLEMENTATIONS], help="repeatable"
+        "--clients", type=int, action="append", help="chat clients (repeatable)"
     )
+    names = sorted({i.name for catalog, _ in SUITES.values() for i in catalog})
+    compare_parser.add_argument("--impl", action="append", choices=names, help="repeatable")
     compare_parser.add_argument("--output", type=Path, help="JSON file (default bench/results/)")
 
     args = parser.parse_args(argv)
@@ -1489,15 +2364,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_idle(
                 args.url, connections=args.connections, hold=args.hold, server_pid=args.server_pid
             )
+        elif args.command == "chat":
+            result = run_chat(
+                args.url,
+                clients=args.clients,
+                senders=args.senders,
+                rate=args.rate,
+                in_flight=args.in_flight,
+                duration=args.duration,
+                warmup=args.warmup,
+                wait_joined=args.wait_joined,
+                latency_clients=args.latency_clients,
+                server_pid=args.server_pid,
+            )
+        elif args.command == "calibration-server":
+            serve_calibration(args.port, max_seconds=args.max_seconds)
+            return 0
         else:
             settings = QUICK if args.quick else FULL
             settings = dataclasses.replace(
                 settings,
                 rounds=args.rounds or settings.rounds,
+                chat_rounds=args.rounds or settings.chat_rounds,
                 duration=args.duration or settings.duration,
+                chat_duration=args.duration or settings.chat_duration,
                 idle_connections=args.connections or settings.idle_connections,
+                chat_clients=tuple(args.clients or settings.chat_clients),
             )
-            compare(settings, implementations=args.impl, output=args.output)
+            compare(
+                settings,
+                suites=args.suite or tuple(SUITES),
+                implementations=args.impl,
+                output=args.output,
+            )
             return 0
     except LoadError as error:
         print(f"error: {error}", file=sys.stderr)

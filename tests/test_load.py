@@ -1,29 +1,39 @@
-"""Smoke test of bench/load.py against our echo server on 127.0.0.1.
+"""Smoke test of bench/load.py against our echo server and chatd on 127.0.0.1.
 
-It checks that the load generator works — round trips happen, memory is read — and
-never how fast anything is: timing belongs in bench/, not in a pass/fail test.
+It checks that the load generator works — round trips happen, memory is read, every
+broadcast is delivered and timed — and never how fast anything is: timing belongs in
+bench/, not in a pass/fail test.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from array import array
 from collections.abc import Iterator
 
 import pytest
 
 from bench.load import (
+    CHAT_IMPLEMENTATIONS,
+    CHAT_OURS,
     IMPLEMENTATIONS,
     OURS,
     REPO_ROOT,
     LoadError,
     ServerProcess,
+    chat_message,
     parse_target,
+    run_chat,
     run_echo,
     run_idle,
+    scan_chat_frames,
     scan_frames,
 )
+from rfc6455.codes import Opcode
+from rfc6455.frames import encode_frame
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +121,106 @@ def test_scan_frames_skips_payloads_by_length() -> None:
     assert position == len(data) - len(partial)
     with pytest.raises(LoadError):
         scan_frames(b"\x81\x83abcdxyz")  # a masked server frame
+
+
+# --- chat mode ---------------------------------------------------------------------------------
+
+
+def _chat_server(name: str) -> Iterator[ServerProcess]:
+    implementation = next(i for i in CHAT_IMPLEMENTATIONS if i.name == name)
+    server = ServerProcess(implementation, cpus=None, nofile=4096)
+    try:
+        server.wait_ready(timeout=20.0)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def chatd_server() -> Iterator[ServerProcess]:
+    """``python -m chatd`` on a free port with a fresh database, stopped by its PID."""
+    yield from _chat_server(CHAT_OURS)
+
+
+def test_chat_mode_at_a_fixed_rate(chatd_server: ServerProcess) -> None:
+    result = run_chat(
+        chatd_server.url,
+        clients=20,
+        senders=2,
+        rate=40.0,
+        duration=0.5,
+        warmup=0.2,
+        wait_joined=True,
+        server_pid=chatd_server.pid,
+    )
+    assert result.lost == 0
+    assert result.published > 0
+    # Every message reaches every client, the sender included (give or take the window's
+    # edges: a delivery counts when it arrives within it).
+    assert result.deliveries == pytest.approx(result.published * 20, abs=40)
+    assert result.latency_samples == result.deliveries
+    assert result.latency_p50_ms is not None
+    assert result.latency_p99_ms is not None
+    assert 0 < result.latency_p50_ms <= result.latency_p99_ms <= result.latency_max_ms  # type: ignore[operator]
+    assert result.server_cpu_percent is not None
+
+
+def test_chat_mode_as_fast_as_in_flight_allows(chatd_server: ServerProcess) -> None:
+    result = run_chat(
+        chatd_server.url,
+        clients=10,
+        senders=2,
+        rate=None,
+        in_flight=4,
+        duration=0.5,
+        warmup=0.1,
+        wait_joined=True,
+        latency_clients=5,
+    )
+    assert result.lost == 0
+    assert result.in_flight == 4
+    assert result.latency_clients == 5
+    assert result.deliveries > 0
+    assert 0 < result.latency_samples < result.deliveries
+
+
+@pytest.fixture
+def broadcast_peer() -> Iterator[ServerProcess]:
+    """``bench.peers.websockets_broadcast`` on a free port, stopped by its PID."""
+    if importlib.util.find_spec("websockets") is None:
+        pytest.skip("websockets is not installed")
+    yield from _chat_server("websockets")
+
+
+def test_chat_mode_against_the_websockets_peer(broadcast_peer: ServerProcess) -> None:
+    result = run_chat(broadcast_peer.url, clients=5, senders=1, rate=50.0, duration=0.3, warmup=0)
+    assert result.lost == 0
+    assert result.deliveries > 0
+
+
+def test_scan_chat_frames_counts_messages_and_reads_stamps() -> None:
+    def server_frame(payload: bytes, opcode: Opcode = Opcode.TEXT) -> bytes:
+        return encode_frame(opcode, payload)
+
+    message = server_frame(
+        b'{"type":"message","room":"lobby","seq":1,"ts":1,"from":"u0",'
+        b'"text":"t=00000000000000001000","kind":"text","id":"r-1"}'
+    )
+    joined = server_frame(b'{"type":"joined","room":"lobby","members":[],"messages":[]}')
+    presence = server_frame(b'{"type":"presence","event":"online","user":"u1"}')
+    ping = server_frame(b"hi", Opcode.PING)
+    data = joined + presence + message + ping + message + message[:-5]
+    latencies: array[int] = array("q")
+    messages, joins, position, controls = scan_chat_frames(data, 5000, latencies)
+    assert (messages, joins) == (2, 1)
+    assert list(latencies) == [4000, 4000]
+    assert controls == [(Opcode.PING, b"hi")]
+    assert position == len(data) - len(message) + 5
+    assert scan_chat_frames(data, 5000, None)[0] == 2
+
+
+def test_chat_message_is_a_masked_text_frame() -> None:
+    frame = chat_message(7, 123, "run")
+    assert frame[0] == 0x81 and frame[1] & 0x80  # FIN + text, masked
+    with pytest.raises(LoadError):
+        run_chat("ws://127.0.0.1:9/ws", clients=1, senders=2)
