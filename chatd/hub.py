@@ -149,6 +149,7 @@ class Hub:
                 "session": session.id,
                 "user": session.user,
                 "rooms": sorted(session.rooms),
+                "online": sorted(set(self.users) | {session.user}),
                 "limits": {
                     "max_text": protocol.MAX_TEXT,
                     "max_name": protocol.MAX_NAME,

@@ -319,6 +319,8 @@ def test_welcome_and_joined_lobby(connect: Connect) -> None:
         "last_seq": 0,
     }
     assert alice.sync() == [{"type": "presence", "event": "online", "user": "alice"}]
+    assert welcome["online"] == ["alice"]
+    assert connect("bob").welcome["online"] == ["alice", "bob"]
 
 
 def test_taken_names_get_a_suffix_and_guests_a_default_name(connect: Connect) -> None:
