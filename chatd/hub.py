@@ -458,6 +458,11 @@ class Hub:
                     "id": message.id,
                 }
             )
+        if message.dm is not None:
+            # DMs that arrived while this client was away, as the same ``dm`` frames.
+            for dm in self.storage.dms_for(session.user, protocol.MAX_RESUME):
+                if dm.id > message.dm:
+                    session.send(_dm_wire(dm))
 
     def _receipt(self, session: Session, message: Receipt) -> None:
         self._require_room(session, message.room, message.id)

@@ -128,6 +128,8 @@ class History:
 class Resume:
     rooms: dict[str, int]
     id: str | None = None
+    #: The newest DM id the client has; None when it asks for no DMs.
+    dm: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +260,9 @@ def _parse_history(data: dict[str, Any], message_id: str | None) -> History:
 
 
 def _parse_resume(data: dict[str, Any], message_id: str | None) -> Resume:
-    rooms = data.get("rooms")
+    if "rooms" not in data and "dm" not in data:
+        raise ProtocolError("bad_message", "resume needs 'rooms', 'dm' or both", message_id)
+    rooms = data.get("rooms", {})
     if not isinstance(rooms, dict) or len(rooms) > 100:
         raise ProtocolError(
             "bad_message", "'rooms' must be an object of at most 100 rooms", message_id
@@ -272,7 +276,10 @@ def _parse_resume(data: dict[str, Any], message_id: str | None) -> Resume:
                 "bad_message", f"a resume seq is an integer from 0 to {MAX_SEQ}", message_id
             )
         result[room] = seq
-    return Resume(result, message_id)
+    dm = data.get("dm")
+    if dm is not None and not _is_seq(dm):
+        raise ProtocolError("bad_message", f"'dm' is an integer from 0 to {MAX_SEQ}", message_id)
+    return Resume(result, message_id, dm)
 
 
 def _parse_receipt(data: dict[str, Any], message_id: str | None) -> Receipt:

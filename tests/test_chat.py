@@ -1095,3 +1095,21 @@ def test_commands_that_store_nothing_are_acknowledged_at_once(
     alice = connect("alice")
     alice.send(type="message", room="lobby", text=command, id="c1")
     assert alice.expect("ack", id="c1") == {"type": "ack", "id": "c1"}
+
+
+def test_resume_with_dm_delivers_the_dms_missed_while_away(connect: Connect) -> None:
+    alice, bob = connect("alice"), connect("bob")
+    bob.send(type="dm", to="alice", text="first", id="d1")
+    first = alice.expect("dm")
+    session = alice.session
+    alice.close()
+    bob.send(type="dm", to="alice", text="while you were away", id="d2")
+    bob.expect("ack", id="d2")
+    back = connect("alice", session=session)
+    back.send(type="resume", dm=first["dm"])
+    missed = back.expect("dm")
+    assert (missed["from"], missed["text"]) == ("bob", "while you were away")
+    back.send(type="resume", dm=0, rooms={})
+    assert [back.expect("dm")["text"] for _ in range(2)] == ["first", "while you were away"]
+    back.send(type="resume", dm=-1, id="bad")
+    assert back.expect("error", id="bad")["code"] == "bad_message"

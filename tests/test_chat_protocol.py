@@ -112,6 +112,8 @@ def test_limits_are_the_documented_ones() -> None:
         ({"type": "history", "room": "lobby", "limit": 1}, History("lobby", None, 1)),
         ({"type": "history", "room": "lobby", "limit": 200}, History("lobby", None, 200)),
         ({"type": "resume", "rooms": {}}, Resume({})),
+        ({"type": "resume", "dm": 7}, Resume({}, None, 7)),
+        ({"type": "resume", "rooms": {"lobby": 1}, "dm": 0}, Resume({"lobby": 1}, None, 0)),
         (
             {"type": "resume", "rooms": {"lobby": 3, "dev": 0}, "id": "r"},
             Resume({"lobby": 3, "dev": 0}, "r"),
@@ -248,6 +250,8 @@ def test_bad_ids_are_bad_message(message_id: object) -> None:
         ({"type": "resume", "rooms": {"lobby": "3"}}, "bad_message"),
         ({"type": "resume", "rooms": {"lobby": None}}, "bad_message"),
         ({"type": "resume", "rooms": {"lobby": True}}, "bad_message"),
+        ({"type": "resume", "dm": "3"}, "bad_message"),
+        ({"type": "resume", "dm": True}, "bad_message"),
         ({"type": "resume", "rooms": {"lobby": 10**30}}, "bad_message"),
         # receipts
         ({"type": "receipt", "room": "lobby", "status": "seen"}, "bad_message"),
