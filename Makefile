@@ -36,7 +36,7 @@ space := $(empty) $(empty)
 CORE_FILES := $(subst $(space),$(comma),$(foreach m,$(CORE),rfc6455/$(m).py))
 
 pytest: $(STAMP)
-	$(PY) -m pytest --cov=rfc6455 --cov=tls --cov-branch \
+	$(PY) -m pytest --cov=rfc6455 --cov=tls --cov=chatd --cov-branch \
 		--cov-report=term-missing:skip-covered tests
 	@echo "== branch coverage of the rfc6455 core (at least 95%)"
 	$(PY) -m coverage report --include='$(CORE_FILES)' --fail-under=95

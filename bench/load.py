@@ -1,26 +1,33 @@
 """A WebSocket load generator that is not itself the bottleneck, and a comparison runner.
 
-Three commands::
+Five commands::
 
     python -m bench.load echo --url ws://127.0.0.1:P/ --clients N --in-flight K \\
         --size 32 --duration S
     python -m bench.load idle --url ws://127.0.0.1:P/ --connections 10000 --hold S
-    python -m bench.load compare [--quick]
+    python -m bench.load chat --url ws://127.0.0.1:P/ws --clients N --senders 5 \\
+        (--rate R | --in-flight K) [--wait-joined]
+    python -m bench.load compare [--quick] [--suite echo|chat]
+    python -m bench.load calibration-server --port P
 
 ``echo`` keeps K messages in flight on each of N connections and reports echo round
 trips per second after a warm-up. ``idle`` opens N connections, holds them, and reports
-how much the server's resident memory (VmRSS) grew per connection. ``compare`` starts
-our echo server and the peers in ``bench/peers/`` on free ports, runs the scenarios
-round-robin over several rounds, prints medians and ratios, and writes every
-repetition to ``bench/results/``.
+how much the server's resident memory (VmRSS) grew per connection. ``chat`` joins N
+clients to one chat room, publishes from a few of them at a fixed rate (or as fast as
+K undelivered messages allow), and reports deliveries per second and send-to-receive
+latency. ``compare`` starts our servers (the echo server, chatd) and the peers in
+``bench/peers/`` on free ports, runs the scenarios round-robin over several rounds,
+prints medians and ratios, and writes every repetition to ``bench/results/``.
+``calibration-server`` is a bare broadcast loop that measures the generator's ceiling.
 
 How the generator stays cheap: one ``selectors`` loop over raw non-blocking sockets,
 a handshake request built once, and one masked frame built once (a fixed masking key:
 the servers cannot tell) and sent as a pre-built run of K frames. Echoed frames are
 counted by walking their headers and skipping payloads; no message object, no callback
-per frame. Each recv answers every frame it completed with one ``send``. The JSON
-reports the generator's own CPU per round trip beside the server's, to show which of
-the two was the bottleneck.
+per frame. Each recv answers every frame it completed with one ``send``. Chat
+deliveries are counted the same way, reading only each message's send timestamp (one
+``find``, one ``int``). The JSON reports the generator's own CPU per round trip (per
+delivery) beside the server's, to show which of the two was the bottleneck.
 
 Only 127.0.0.1 may be targeted; every loop is bounded in count and time.
 """
@@ -1620,10 +1627,16 @@ class CompareSettings:
     #: Clients joined to the room, one scenario pair per count.
     chat_clients: tuple[int, ...] = (100, 1_000)
     #: Publishing clients, the fixed total rate (messages/s) of the latency scenarios,
-    #: and the messages in flight of the throughput scenarios.
+    #: and the messages in flight of the throughput scenarios: 20 keeps chatd's core
+    #: busy at 100 clients (10 leaves it a third idle: the loop waits for the round
+    #: trip), and each client's queue at 20 frames (about 3 KB).
     chat_senders: int = 5
     chat_rate: float = 20.0
-    chat_in_flight: int = 10
+    chat_in_flight: int = 20
+    #: Receivers whose latency the throughput scenarios record, at most (and at most a
+    #: quarter of them); every one at a fixed rate. Reading a timestamp costs the
+    #: generator more than counting the frame, and it must keep up with chatd.
+    chat_latency_clients: int = 100
 
 
 FULL = CompareSettings(rounds=5, duration=3.0, warmup=1.0, idle_connections=10_000, hold=2.0)
@@ -1717,7 +1730,13 @@ def _chat_scenarios(settings: CompareSettings) -> list[Scenario]:
                 f"chat-{clients}-max",
                 f"broadcast, {clients:,} clients, {settings.chat_in_flight} messages in flight",
                 "chat",
-                (*common, "--in-flight", str(settings.chat_in_flight)),
+                (
+                    *common,
+                    "--in-flight",
+                    str(settings.chat_in_flight),
+                    "--latency-clients",
+                    str(min(settings.chat_latency_clients, max(1, clients // 4))),
+                ),
                 "deliveries_per_s",
                 "deliveries/s",
                 True,
