@@ -36,6 +36,7 @@ const state = {
   rooms: new Map(), // room name -> Room
   dms: new Map(), // peer name -> DM thread
   online: new Set(), // everyone online, from presence online/offline
+  lastDm: 0, // the newest DM id received: what `resume` asks after
   current: null, // key of the shown conversation: "room:lobby" or "dm:bob"
   lastRoom: LOBBY, // the room commands typed in a DM thread apply to
   outbox: [], // outgoing messages until acknowledged (see "sending")
@@ -469,9 +470,9 @@ function onWelcome(frame) {
     if (room.initialized) resume[room.name] = room.synced;
     else if (!(frame.rooms || []).includes(room.name)) sendFrame({ type: "join", room: room.name });
   }
-  if (Object.keys(resume).length > 0) {
-    sendFrame({ type: "resume", rooms: resume, id: `resume-${++localCounter}` });
-  }
+  // `dm`: the DMs after the newest one we hold (all recent ones on the first connect)
+  // come back as `dm` frames; threads dedupe them by id.
+  sendFrame({ type: "resume", rooms: resume, dm: state.lastDm, id: `resume-${++localCounter}` });
   flushOutbox();
   render();
 }
@@ -594,6 +595,7 @@ function requestOlder(room) {
 }
 
 function onDm(frame) {
+  if (frame.dm > state.lastDm) state.lastDm = frame.dm;
   // Both directions arrive here: our own DMs come back to all of our sessions.
   const peer = frame.from === state.me ? frame.to : frame.from;
   const thread = ensureThread(peer);
