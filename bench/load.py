@@ -47,7 +47,6 @@ import math
 import os
 import platform
 import resource
-import select
 import selectors
 import signal
 import socket
@@ -1036,20 +1035,13 @@ class _ChatClient:
 
 
 class _ChatLoop:
-    """The generator's loop over every chat connection.
-
-    Hot path: ``select.epoll`` and a dict from descriptor to client, not ``selectors``,
-    whose per-event key objects cost more than the frames do (Linux only, like /proc).
-    """
+    """The generator's selectors loop over every chat connection."""
 
     def __init__(self, clients: list[_ChatClient]) -> None:
         self.clients = clients
-        self.epoll = select.epoll()
-        self.by_fd: dict[int, _ChatClient] = {}
+        self.selector = selectors.DefaultSelector()
         for client in clients:
-            fd = client.sock.fileno()
-            self.by_fd[fd] = client
-            self.epoll.register(fd, select.EPOLLIN)
+            self.selector.register(client.sock, selectors.EVENT_READ, client)
         self.received = 0  # room messages, every client together
         self.joined = 0
         self.last_frame = time.monotonic()
@@ -1060,18 +1052,17 @@ class _ChatLoop:
                 self.scan(client, rest, None)
 
     def close(self) -> None:
-        self.epoll.close()
+        self.selector.close()
 
     def poll(self, timeout: float, latencies: array[int] | None) -> None:
         """Wait up to ``timeout`` seconds; read and scan whatever arrived."""
-        by_fd = self.by_fd
         scan = self.scan
-        for fd, events in self.epoll.poll(timeout):
-            client = by_fd[fd]
-            if events & select.EPOLLOUT:
+        for key, events in self.selector.select(timeout):
+            client: _ChatClient = key.data
+            if events & selectors.EVENT_WRITE:
                 self.send(client, b"")
-                if not events & ~select.EPOLLOUT:
-                    continue
+            if not events & selectors.EVENT_READ:
+                continue
             try:
                 data = client.sock.recv(RECV_SIZE)
             except BlockingIOError:
@@ -1101,7 +1092,7 @@ class _ChatLoop:
             self.last_frame = time.monotonic()
 
     def send(self, client: _ChatClient, data: bytes) -> None:
-        """Send now; keep what the kernel did not take and wait for EPOLLOUT for it."""
+        """Send now; keep what the kernel did not take and wait for EVENT_WRITE for it."""
         had_outgoing = bool(client.outgoing)
         if had_outgoing:
             data = client.outgoing + data
@@ -1114,8 +1105,8 @@ class _ChatLoop:
                 raise LoadError(f"send failed: {failure}") from failure
             client.outgoing = data[sent:]
         if bool(client.outgoing) != had_outgoing:
-            events = select.EPOLLIN | (select.EPOLLOUT if client.outgoing else 0)
-            self.epoll.modify(client.sock.fileno(), events)
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outgoing else 0)
+            self.selector.modify(client.sock, events, client)
 
 
 def run_chat(
@@ -1620,10 +1611,11 @@ class CompareSettings:
     warmup: float
     idle_connections: int
     hold: float
-    #: The chat suite: rounds, measured seconds and warm-up of every broadcast run.
+    #: The chat suite: rounds, measured seconds and warm-up of every broadcast run (each
+    #: also costs about 1.5 s to start a server, join the clients and close them).
     chat_rounds: int = 3
-    chat_duration: float = 4.0
-    chat_warmup: float = 1.0
+    chat_duration: float = 3.0
+    chat_warmup: float = 0.5
     #: Clients joined to the room, one scenario pair per count.
     chat_clients: tuple[int, ...] = (100, 1_000)
     #: Publishing clients, the fixed total rate (messages/s) of the latency scenarios,

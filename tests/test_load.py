@@ -222,5 +222,8 @@ def test_scan_chat_frames_counts_messages_and_reads_stamps() -> None:
 def test_chat_message_is_a_masked_text_frame() -> None:
     frame = chat_message(7, 123, "run")
     assert frame[0] == 0x81 and frame[1] & 0x80  # FIN + text, masked
+
+
+def test_chat_mode_refuses_more_senders_than_clients() -> None:
     with pytest.raises(LoadError):
         run_chat("ws://127.0.0.1:9/ws", clients=1, senders=2)

@@ -1,8 +1,10 @@
-"""Echo servers built on other Python WebSocket libraries, measured beside ours.
+"""Servers built on other Python WebSocket libraries, measured beside ours.
 
 Each is a module run as ``python -m bench.peers.NAME --port P``: it listens on
-127.0.0.1, echoes every text and binary message unchanged, prints ``ready`` once it
-listens and exits on SIGTERM or SIGINT. ``bench/load.py compare`` starts them.
+127.0.0.1, prints ``ready`` once it listens and exits on SIGTERM or SIGINT. The echo
+peers (``websockets_echo``, ``aiohttp_echo``) send every message back unchanged; the
+broadcast peer (``websockets_broadcast``) relays chat messages in chatd's wire format to
+every client. ``bench/load.py compare`` starts them.
 """
 
 from __future__ import annotations
