@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,7 +84,6 @@ class _Waiters:
     """Sessions waiting for the ack of one stored item."""
 
     sessions: list[Session]
-    client_id: str | None
 
 
 class Hub:
@@ -327,7 +326,7 @@ class Hub:
                 self._ack_again(session, ("room", room, existing.seq), existing)
                 return
         stored = self.storage.add_message(room, session.user, text, kind, client_id, now_ms())
-        self._waiting[("room", room, stored.seq)] = _Waiters([session], client_id)
+        self._waiting[("room", room, stored.seq)] = _Waiters([session])
 
     def _direct_message(self, session: Session, to: str, text: str, client_id: str | None) -> None:
         # A resend first: it was stored, so it is acknowledged even if ``to`` has gone since.
@@ -339,7 +338,7 @@ class Hub:
         if to not in self.users and not self._known_user(to):
             raise ProtocolError("no_such_user", f"no user called {to}", client_id)
         stored = self.storage.add_dm(session.user, to, text, client_id, now_ms())
-        self._waiting[("dm", "", stored.id)] = _Waiters([session], client_id)
+        self._waiting[("dm", "", stored.id)] = _Waiters([session])
 
     def _known_user(self, name: str) -> bool:
         return any(s.user == name for s in self.sessions.values())
@@ -547,10 +546,6 @@ class Hub:
             "messages_received": self.messages_in,
             **{f"stored_{key}": value for key, value in self.storage.counts().items()},
         }
-
-    def online(self) -> Iterable[str]:
-        """Names of the users online now."""
-        return sorted(self.users)
 
 
 def _message_wire(message: StoredMessage) -> dict[str, Any]:
