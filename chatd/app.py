@@ -219,8 +219,9 @@ class ChatServer:
         static_dir: Path = STATIC_DIR,
     ) -> None:
         self.storage = Storage(database)
-        self.hub = Hub(self.storage, prepare=Server.prepare)
+        self.hub = Hub(self.storage, prepare=Server.prepare_many)
         self.server = Server(ChatHandler(self.hub, static_dir), config or ServerConfig())
+        self.hub.deliver = self.server.send_prepared_many
         # One transaction per loop tick, then the acks and broadcasts it allows.
         self.server.add_tick_callback(self._flush)
         self._expiry = self.server.call_later(30.0, self._expire)

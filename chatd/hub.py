@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,13 +93,17 @@ class Hub:
         self,
         storage: Storage,
         *,
-        prepare: Callable[[str], Any],
+        prepare: Callable[[Sequence[str]], Any],
+        deliver: Callable[[list[Any], Any], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
-        #: Encodes a text message once into a frame every peer can send
-        #: (``rfc6455.server.Server.prepare``): a broadcast costs one encoding.
+        #: Encodes text messages once into frames every peer can send
+        #: (``rfc6455.server.Server.prepare_many``): a broadcast costs one encoding.
         self.prepare = prepare
+        #: Sends prepared frames to many peers (``Server.send_prepared_many``, the
+        #: runtime's broadcast fast path); by default, ``send_prepared`` on each.
+        self.deliver = deliver or _deliver_each
         self.clock = clock
         self.sessions: dict[str, Session] = {}
         #: room name -> the attached sessions in it
@@ -493,10 +497,17 @@ class Hub:
         if not self.storage.pending:
             return 0
         committed = self.storage.commit()
+        # A room's messages of this tick go out together, in seq order: each member is
+        # handed one prepared run of frames, not one per message.
+        by_room: dict[str, list[str]] = {}
+        for item in committed:
+            if isinstance(item, StoredMessage):
+                by_room.setdefault(item.room, []).append(encode(_message_wire(item)))
+        for room, wires in by_room.items():
+            self._deliver_room(room, self.prepare(wires))
         for item in committed:
             if isinstance(item, StoredMessage):
                 waiters = self._waiting.pop(("room", item.room, item.seq), None)
-                self._broadcast_room(item.room, _message_wire(item))
             else:
                 waiters = self._waiting.pop(("dm", "", item.id), None)
                 wire = _dm_wire(item)
@@ -519,18 +530,40 @@ class Hub:
         exclude: Session | None = None,
         exclude_user: str | None = None,
     ) -> None:
-        prepared = self.prepare(encode(message))
-        for each in self.rooms.get(room, ()):
-            if each is exclude or each.user == exclude_user or each.peer is None:
-                continue
-            each.peer.send_prepared(prepared)
+        self._deliver_room(
+            room, self.prepare((encode(message),)), exclude=exclude, exclude_user=exclude_user
+        )
+
+    def _deliver_room(
+        self,
+        room: str,
+        prepared: Any,
+        *,
+        exclude: Session | None = None,
+        exclude_user: str | None = None,
+    ) -> None:
+        members = self.rooms.get(room)
+        if not members:
+            return
+        if exclude is None and exclude_user is None:
+            peers = [each.peer for each in members if each.peer is not None]
+        else:
+            peers = [
+                each.peer
+                for each in members
+                if each.peer is not None and each is not exclude and each.user != exclude_user
+            ]
+        self.deliver(peers, prepared)
 
     def _broadcast_all(self, message: dict[str, Any]) -> None:
-        prepared = self.prepare(encode(message))
-        for sessions in self.users.values():
-            for each in sessions:
-                if each.peer is not None:
-                    each.peer.send_prepared(prepared)
+        prepared = self.prepare((encode(message),))
+        peers = [
+            each.peer
+            for sessions in self.users.values()
+            for each in sessions
+            if each.peer is not None
+        ]
+        self.deliver(peers, prepared)
 
     # --- status --------------------------------------------------------------------------------
 
@@ -546,6 +579,11 @@ class Hub:
             "messages_received": self.messages_in,
             **{f"stored_{key}": value for key, value in self.storage.counts().items()},
         }
+
+
+def _deliver_each(peers: list[Any], prepared: Any) -> int:
+    """Send prepared frames to each peer in turn (any ``Peer``)."""
+    return sum(1 for peer in peers if peer.send_prepared(prepared))
 
 
 def _message_wire(message: StoredMessage) -> dict[str, Any]:

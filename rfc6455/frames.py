@@ -109,7 +109,9 @@ _KEY_REPEAT = [sum(1 << (32 * word) for word in range((n + 3) // 4)) for n in ra
 _KEY_SHIFT = [8 * (-n % 4) for n in range(126)]
 
 
-def _unmask(buf: bytes | bytearray, start: int, end: int, mask: bytes) -> bytes | bytearray:
+def _unmask(
+    buf: bytes | bytearray, start: int, end: int, mask: bytes | bytearray
+) -> bytes | bytearray:
     """Unmask ``buf[start:end]`` with ``mask`` aligned at ``start``; hot path.
 
     Large payloads come back as the ``bytearray`` they were assembled in: converting a

@@ -209,6 +209,7 @@ class ServerConnection:
         "_ping_timer",
         "_pong_timer",
         "_replay",
+        "_shares_frames",
         "_shut_down",
         "_slow",
         "_tls_handshaking",
@@ -238,6 +239,8 @@ class ServerConnection:
         self._outgoing = bytearray()  # what the kernel did not take
         self._write_registered = False
         self._close_after_flush = False
+        #: Sends prepared frames as they are: no extension, no fragmentation (set at open).
+        self._shares_frames = False
         self._shut_down = False
         self._slow = False
         self._http_request: Request | None = None
@@ -297,14 +300,14 @@ class ServerConnection:
         return True
 
     def send_prepared(self, prepared: PreparedMessage) -> bool:
-        """Queue a message encoded once for many connections (``Server.prepare``)."""
+        """Queue messages encoded once for many connections (``Server.prepare``)."""
         if not self.is_open:
             return False
         if self.protocol.extension is not None or self.protocol.fragment_size is not None:
-            payload = prepared.payload
-            self._queue(self.protocol.send_message(prepared.opcode, payload))
+            for opcode, payload in prepared.messages:
+                self._queue(self.protocol.send_message(opcode, payload))
         else:
-            self._queue(prepared.frame)
+            self._queue(prepared.frames)
         return True
 
     def ping(self, payload: bytes = b"") -> bool:
@@ -562,6 +565,9 @@ class ServerConnection:
         self._cancel(self._handshake_timer)
         self._handshake_timer = None
         self.opened = True
+        self._shares_frames = (
+            self.protocol.extension is None and self.protocol.fragment_size is None
+        )
         self._schedule_ping()
         self._schedule_idle()
         server.handler.on_open(self)
@@ -797,15 +803,19 @@ class ServerConnection:
 
 @dataclass(frozen=True, slots=True)
 class PreparedMessage:
-    """A message encoded once for many connections (broadcast).
+    """One or more messages encoded once for many connections (broadcast).
 
-    Server frames are never masked, so one uncompressed frame serves every connection
-    without permessage-deflate; the others compress ``payload`` themselves.
+    Server frames are never masked (RFC 6455 section 5.1), so the same uncompressed
+    frames serve every connection without permessage-deflate; the others compress each
+    payload themselves. Several messages in one (``Server.prepare_many``) cost each
+    recipient one queued ``bytes`` instead of one per message: a chat server sends a
+    tick's messages to a room that way.
     """
 
-    opcode: Opcode
-    payload: bytes
-    frame: bytes
+    #: (opcode, payload) of each message, in order.
+    messages: tuple[tuple[Opcode, bytes], ...]
+    #: Their frames, back to back.
+    frames: bytes
 
 
 class Server:
@@ -954,16 +964,56 @@ class Server:
     @staticmethod
     def prepare(message: str | bytes) -> PreparedMessage:
         """Encode ``message`` once, to send to many connections with ``send_prepared``."""
-        if isinstance(message, str):
-            opcode, payload = Opcode.TEXT, message.encode()
-        else:
-            opcode, payload = Opcode.BINARY, bytes(message)
-        return PreparedMessage(opcode, payload, encode_frame(opcode, payload))
+        return Server.prepare_many((message,))
+
+    @staticmethod
+    def prepare_many(messages: Iterable[str | bytes]) -> PreparedMessage:
+        """Encode several messages once, to send together to many connections."""
+        parts: list[tuple[Opcode, bytes]] = []
+        for message in messages:
+            if isinstance(message, str):
+                parts.append((Opcode.TEXT, message.encode()))
+            else:
+                parts.append((Opcode.BINARY, bytes(message)))
+        frames = b"".join(encode_frame(opcode, payload) for opcode, payload in parts)
+        return PreparedMessage(tuple(parts), frames)
+
+    def send_prepared_many(
+        self, connections: Iterable[ServerConnection], prepared: PreparedMessage
+    ) -> int:
+        """``send_prepared`` to each of ``connections``; return how many could send.
+
+        The broadcast hot path. For a connection that shares frames (no extension, no
+        fragmentation) and stays under its write limit, this is two appends and an
+        addition, without the method and property calls of ``send_prepared``: a profile
+        of a 1,000-client room showed those costing more than the ``send`` system calls.
+        """
+        frames = prepared.frames
+        size = len(frames)
+        # Beyond this, the general path decides between an early send and 1013.
+        below = self.config.write_limit - size
+        dirty = self._dirty
+        open_state = State.OPEN
+        sent = 0
+        for connection in connections:
+            if connection.protocol.state is not open_state or connection._slow:
+                continue
+            sent += 1
+            pending = connection._pending
+            if connection._shares_frames and connection._pending_size < below - len(
+                connection._outgoing
+            ):
+                if not pending:
+                    dirty.append(connection)
+                pending.append(frames)
+                connection._pending_size += size
+            else:
+                connection.send_prepared(prepared)
+        return sent
 
     def broadcast(self, connections: Iterable[ServerConnection], message: str | bytes) -> int:
         """Send ``message`` to every open connection in ``connections``; return how many."""
-        prepared = self.prepare(message)
-        return sum(1 for connection in connections if connection.send_prepared(prepared))
+        return self.send_prepared_many(connections, self.prepare(message))
 
     # --- the loop --------------------------------------------------------------------------
 

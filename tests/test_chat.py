@@ -1003,7 +1003,7 @@ class FakePeer:
         return True
 
     def send_prepared(self, prepared: Any) -> bool:
-        self.sent.append(json.loads(prepared.payload))
+        self.sent.extend(json.loads(payload) for _, payload in prepared.messages)
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -1018,7 +1018,7 @@ def hub() -> Iterator[tuple[Hub, list[float]]]:
     clock = [1000.0]
     storage = Storage(":memory:")
     try:
-        yield Hub(storage, prepare=Server.prepare, clock=lambda: clock[0]), clock
+        yield Hub(storage, prepare=Server.prepare_many, clock=lambda: clock[0]), clock
     finally:
         storage.close()
 

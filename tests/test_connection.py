@@ -1369,6 +1369,63 @@ def test_small_text_completed_in_place_then_a_ping_at_a_client() -> None:
     assert conn.data_to_send() == masked(Opcode.PONG, b"p")
 
 
+@pytest.mark.parametrize("role", ["server", "client"])
+def test_runs_of_16_bit_length_messages_split_everywhere(role: str) -> None:
+    # The in-place path takes 7-bit and 16-bit lengths alike: sizes around each edge
+    # (125/126, the lanes threshold of the unmasking, the largest 16-bit length),
+    # text and binary, fed whole and cut at arbitrary points.
+    conn = server() if role == "server" else client()
+    sizes = [125, 126, 127, 1023, 1024, 1025, 4099, 65535]
+    data = b""
+    expected: list[Event] = []
+    rng = random.Random(6455)
+    for size in sizes:
+        text = "".join(rng.choice("abé€") for _ in range(size))[:size]
+        raw = text.encode()[:size]
+        while True:  # cut on a character boundary, so the frame is valid UTF-8
+            try:
+                text = raw.decode()
+                break
+            except UnicodeDecodeError:
+                raw = raw[:-1]
+        data += frame_to(conn, Opcode.TEXT, raw)
+        expected.append(TextMessage(text))
+        blob = rng.randbytes(size)
+        data += frame_to(conn, Opcode.BINARY, blob)
+        expected.append(BinaryMessage(blob))
+    assert conn.receive_data(data) == expected
+    fresh = server() if role == "server" else client()
+    received: list[Event] = []
+    position = 0
+    while position < len(data):
+        step = rng.randrange(1, 9000)
+        received += fresh.receive_data(data[position : position + step])
+        position += step
+    assert received == expected
+    assert all(type(event.data) is bytes for event in received if isinstance(event, BinaryMessage))
+    assert_open(fresh)
+
+
+def test_16_bit_length_not_minimally_encoded_fails() -> None:
+    conn = server()
+    frame = b"\x81\xfe\x00\x7d" + MASK + frames.apply_mask(b"x" * 125, MASK)
+    assert conn.receive_data(masked(Opcode.TEXT, b"ok") + frame) == [TextMessage("ok")]
+    assert_failed(conn, 1002, "not minimally encoded")
+
+
+def test_16_bit_length_over_max_frame_size_fails_after_the_messages_before() -> None:
+    conn = server(max_frame_size=300)
+    data = masked(Opcode.BINARY, b"\x01" * 300) + masked(Opcode.BINARY, b"\x02" * 301)
+    assert conn.receive_data(data) == [BinaryMessage(b"\x01" * 300)]
+    assert_failed(conn, 1009, "frame of 301 bytes")
+
+
+def test_invalid_utf8_in_a_16_bit_length_text_fails() -> None:
+    conn = server()
+    assert conn.receive_data(masked(Opcode.TEXT, b"a" * 200 + b"\xff")) == []
+    assert_failed(conn, 1007, "UTF-8")
+
+
 def test_stream_through_a_reused_bytearray() -> None:
     # A reader that appends to one bytearray, hands it over and clears it for the next
     # read: the connection must not keep (or write into) the caller's object.

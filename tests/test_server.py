@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect, unix_connect
 
-from rfc6455.codes import CloseCode
+from rfc6455.codes import CloseCode, Opcode
 from rfc6455.deflate import DeflateOptions
 from rfc6455.echo import EchoHandler
 from rfc6455.errors import InvalidHandshake
@@ -1456,6 +1456,71 @@ def test_broadcast_reaches_every_open_connection(serve: Serve, raw: Any) -> None
         for ws in (first, compressed, third):
             assert ws.recv(timeout=TIMEOUT) == large
     assert counts == [3, 3]
+
+
+def test_prepared_batch_reaches_plain_and_compressed_connections_in_order(
+    serve: Serve,
+) -> None:
+    # Several messages prepared as one: a plain connection takes the frames as they are
+    # (the fast path), a compressed one compresses each message itself.
+    batches: list[int] = []
+
+    class Batch(Recorder):
+        def on_message(self, connection: ServerConnection, message: str | bytes) -> None:
+            server = connection.server
+            prepared = server.prepare_many(["one", b"\x02" * 300, "three " * 50])
+            assert [opcode for opcode, _ in prepared.messages] == [
+                Opcode.TEXT,
+                Opcode.BINARY,
+                Opcode.TEXT,
+            ]
+            batches.append(server.send_prepared_many(server.connections, prepared))
+
+    handler = Batch()
+    running = serve(handler, make_config(deflate=DeflateOptions()))
+    with (
+        ws_connect(running.url(), compression=None) as plain,
+        ws_connect(running.url()) as compressed,
+    ):
+        handler.wait("open")
+        handler.wait("open")
+        plain.send("go")
+        for ws in (plain, compressed):
+            assert ws.recv(timeout=TIMEOUT) == "one"
+            assert ws.recv(timeout=TIMEOUT) == b"\x02" * 300
+            assert ws.recv(timeout=TIMEOUT) == "three " * 50
+    assert batches == [2]
+
+
+def test_broadcast_flood_closes_the_slow_consumer_only(serve: Serve, raw: Any) -> None:
+    # The broadcast fast path stops at the write limit: past it, the general path sends
+    # early and then judges the peer, as for any other send.
+    limit = 256 << 10
+    chunk = b"\xee" * (16 << 10)
+    results: list[int] = []
+
+    class FloodAll(Recorder):
+        def on_message(self, connection: ServerConnection, message: str | bytes) -> None:
+            server = connection.server
+            prepared = server.prepare(chunk)
+            for _ in range(200):  # 3 MiB each: far past the limit for a peer that never reads
+                results.append(server.send_prepared_many(list(server.connections), prepared))
+
+    handler = FloodAll()
+    running = serve(handler, make_config(write_limit=limit, close_timeout=0.3))
+    slow = raw(running.port, rcvbuf=4096)
+    slow.handshake("/")  # and then never reads
+    _, slow_connection = handler.wait("open")
+    with ws_connect(running.url(), compression=None, max_size=None) as reader:
+        handler.wait("open")
+        reader.send("flood")
+        for _ in range(200):
+            assert reader.recv(timeout=TIMEOUT) == chunk
+        _, closed, code, _ = handler.wait("close")
+        assert closed is slow_connection
+        assert code == CloseCode.ABNORMAL_CLOSURE
+    assert running.server.stats["slow_consumers"] == 1
+    assert results[0] == 2 and results[-1] == 1
 
 
 def test_send_prepared_without_extensions(serve: Serve) -> None:
