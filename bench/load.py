@@ -1,24 +1,28 @@
 """A WebSocket load generator that is not itself the bottleneck, and a comparison runner.
 
-Five commands::
+Six commands::
 
     python -m bench.load echo --url ws://127.0.0.1:P/ --clients N --in-flight K \\
         --size 32 --duration S
     python -m bench.load idle --url ws://127.0.0.1:P/ --connections 10000 --hold S
+    python -m bench.load churn --url wss://127.0.0.1:P/ --concurrency 32 --duration S
     python -m bench.load chat --url ws://127.0.0.1:P/ws --clients N --senders 5 \\
         (--rate R | --in-flight K) [--wait-joined]
-    python -m bench.load compare [--quick] [--suite echo|chat]
+    python -m bench.load compare [--quick] [--suite echo|broadcast|chat]
     python -m bench.load calibration-server --port P
 
 ``echo`` keeps K messages in flight on each of N connections and reports echo round
 trips per second after a warm-up. ``idle`` opens N connections, holds them, and reports
-how much the server's resident memory (VmRSS) grew per connection. ``chat`` joins N
-clients to one chat room, publishes from a few of them at a fixed rate (or as fast as
-K undelivered messages allow), and reports deliveries per second and send-to-receive
-latency. ``compare`` starts our servers (the echo server, chatd) and the peers in
-``bench/peers/`` on free ports, runs the scenarios round-robin over several rounds,
-prints medians and ratios, and writes every repetition to ``bench/results/``.
-``calibration-server`` is a bare broadcast loop that measures the generator's ceiling.
+how much the server's resident memory (VmRSS) grew per connection. ``churn`` opens,
+upgrades and closes connections back to back (over TLS for ``wss://``) and reports
+handshakes per second. ``chat`` joins N clients to one chat room, publishes from a few
+of them at a fixed rate (or as fast as K undelivered messages allow), and reports
+deliveries per second and send-to-receive latency. ``compare`` starts our servers (the
+echo server, a broadcast server on rfc6455, chatd) and the peers in ``bench/peers/`` on
+free ports, runs the scenarios round-robin over several rounds, prints medians and
+ratios, and writes every repetition to ``bench/results/`` (``python -m bench`` runs it
+beside the frame suite, into one file). ``calibration-server`` is a bare broadcast loop
+that measures the generator's ceiling.
 
 How the generator stays cheap: one ``selectors`` loop over raw non-blocking sockets,
 a handshake request built once, and one masked frame built once (a fixed masking key:
@@ -50,6 +54,7 @@ import resource
 import selectors
 import signal
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -66,11 +71,16 @@ from urllib.parse import urlsplit
 
 from rfc6455.codes import Opcode
 from rfc6455.frames import encode_frame
+from tls.localca import issue_leaf
 
 __all__ = [
+    "BROADCAST_IMPLEMENTATIONS",
+    "CHAT_IMPLEMENTATIONS",
     "FULL",
     "IMPLEMENTATIONS",
     "QUICK",
+    "SUITES",
+    "ChurnResult",
     "CompareSettings",
     "EchoResult",
     "IdleResult",
@@ -132,17 +142,23 @@ class Target:
     host: str
     port: int
     path: str
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{self.path}"
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://{self.host}:{self.port}{self.path}"
 
 
-def parse_target(url: str) -> Target:
-    """Parse a ``ws://127.0.0.1:PORT/path`` URL; refuse any other host or scheme."""
+def parse_target(url: str, *, allow_tls: bool = False) -> Target:
+    """Parse a ``ws://127.0.0.1:PORT/path`` URL (``wss://`` too when ``allow_tls``: only
+    the churn mode speaks TLS); refuse any other host or scheme.
+    """
     parts = urlsplit(url)
-    if parts.scheme != "ws":
-        raise LoadError(f"only ws:// URLs are supported, not {url!r}")
+    schemes = ("ws", "wss") if allow_tls else ("ws",)
+    if parts.scheme not in schemes:
+        supported = " and ".join(f"{scheme}://" for scheme in schemes)
+        raise LoadError(f"only {supported} URLs are supported here, not {url!r}")
     if parts.hostname != ALLOWED_HOST:
         raise LoadError(f"only {ALLOWED_HOST} may be targeted, not {parts.hostname!r}")
     if parts.port is None:
@@ -150,7 +166,7 @@ def parse_target(url: str) -> Target:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Target(ALLOWED_HOST, parts.port, path)
+    return Target(ALLOWED_HOST, parts.port, path, parts.scheme == "wss")
 
 
 def raise_nofile_limit(needed: int) -> int:
@@ -879,6 +895,292 @@ def _hold(sockets: list[socket.socket], seconds: float) -> int:
     return dropped
 
 
+# --- churn mode: whole connections per second ------------------------------------------------
+
+#: After the server's close frame, how long to wait for it to end TCP (as section 7.1.1
+#: asks of a server) before resetting the connection ourselves.
+CHURN_EOF_WAIT = 0.2
+
+
+@dataclass(slots=True)
+class ChurnResult:
+    """Connection lifecycles measured by ``run_churn``."""
+
+    url: str
+    tls: bool
+    concurrency: int
+    warmup_s: float
+    measured_s: float
+    #: Opening handshakes completed (101 with the right accept key) while measured.
+    handshakes: int
+    handshakes_per_s: float
+    #: Of the connections ended while measured: the server ended TCP after the close
+    #: handshake, or we reset it after CHURN_EOF_WAIT.
+    server_closed: int
+    reset_by_client: int
+    errors: dict[str, int]
+    load_cpu_us_per_handshake: float
+    load_cpu_percent: float
+    server_cpu_percent: float | None
+    #: handshakes_per_s / server CPU share: handshakes per second of server CPU.
+    handshakes_per_server_cpu_s: float | None
+    other_cpu_percent: float | None
+    server_pid: int | None
+
+
+class _Lifecycle:
+    """One connection of the churn: connect, TLS, upgrade, close, then the next."""
+
+    __slots__ = ("closing_since", "received", "sock", "stage", "unsent")
+
+    def __init__(self, sock: socket.socket, request: bytes) -> None:
+        self.sock = sock
+        self.stage = "connect"  # connect, tls, request, response, closing
+        self.unsent = request
+        self.received = b""
+        self.closing_since = 0.0
+
+
+def run_churn(
+    url: str,
+    *,
+    concurrency: int = 32,
+    duration: float = 3.0,
+    warmup: float = 0.5,
+    server_pid: int | None = None,
+) -> ChurnResult:
+    """Open, upgrade and close connections back to back, ``concurrency`` at a time, for
+    ``warmup + duration`` seconds; count opening handshakes completed after the warm-up.
+
+    Each lifecycle is whole: TCP connect, the TLS handshake for ``wss://`` (no session
+    resumption: every one is a full handshake), the upgrade, a close frame answered by
+    the server's, then the server's end of TCP. A server that keeps TCP open longer than
+    CHURN_EOF_WAIT is reset, so that no TIME_WAIT builds up on the generator's ports.
+    The generator does not verify the certificate: the server's cost is what is measured.
+    """
+    if concurrency < 1 or duration <= 0 or warmup < 0:
+        raise LoadError("concurrency must be positive, duration above zero")
+    target = parse_target(url, allow_tls=True)
+    if server_pid is None:
+        server_pid = find_listener_pid(target.port)
+    raise_nofile_limit(concurrency + 64)
+    context: ssl.SSLContext | None = None
+    if target.tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    request = build_request(target)
+    address = (target.host, target.port)
+    selector = selectors.DefaultSelector()
+    errors: Counter[str] = Counter()
+    counted = {"handshakes": 0, "server_closed": 0, "reset": 0}
+    measuring = False
+    lingering: list[_Lifecycle] = []
+
+    def start() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        result = sock.connect_ex(address)
+        if result not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise LoadError(f"connect: {os.strerror(result)}")
+        selector.register(sock, selectors.EVENT_WRITE, _Lifecycle(sock, request))
+
+    def end(cycle: _Lifecycle, how: str | None) -> None:
+        """End one lifecycle (``how``: an error, or None when the server ended TCP) and
+        start the next.
+        """
+        cycle.stage = "done"
+        selector.unregister(cycle.sock)
+        if how is None:
+            if measuring:
+                counted["server_closed"] += 1
+            cycle.sock.close()
+        else:
+            errors[how] += 1
+            _reset(cycle.sock)
+        start()
+
+    def advance(cycle: _Lifecycle) -> None:
+        """Move one lifecycle on as far as its socket allows."""
+        sock = cycle.sock
+        if cycle.stage == "connect":
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                end(cycle, f"connect: {os.strerror(error)}")
+                return
+            if context is not None:
+                selector.unregister(sock)
+                sock = context.wrap_socket(sock, do_handshake_on_connect=False)
+                cycle.sock = sock
+                selector.register(sock, selectors.EVENT_WRITE, cycle)
+                cycle.stage = "tls"
+            else:
+                cycle.stage = "request"
+        if cycle.stage == "tls":
+            tls_sock: ssl.SSLSocket = sock  # type: ignore[assignment]
+            try:
+                tls_sock.do_handshake()
+            except ssl.SSLWantReadError:
+                selector.modify(sock, selectors.EVENT_READ, cycle)
+                return
+            except ssl.SSLWantWriteError:
+                selector.modify(sock, selectors.EVENT_WRITE, cycle)
+                return
+            except (ssl.SSLError, OSError) as failure:
+                end(cycle, f"tls: {failure}")
+                return
+            cycle.stage = "request"
+        if cycle.stage == "request":
+            try:
+                sent = sock.send(cycle.unsent)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                selector.modify(sock, selectors.EVENT_WRITE, cycle)
+                return
+            except OSError as failure:
+                end(cycle, f"send: {failure.strerror or failure}")
+                return
+            cycle.unsent = cycle.unsent[sent:]
+            if cycle.unsent:
+                selector.modify(sock, selectors.EVENT_WRITE, cycle)
+                return
+            cycle.stage = "response"
+            selector.modify(sock, selectors.EVENT_READ, cycle)
+            return
+        try:
+            data = sock.recv(RECV_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+            data = b""
+        except OSError as failure:
+            end(cycle, f"recv: {failure.strerror or failure}")
+            return
+        if cycle.stage == "response":
+            if not data:
+                end(cycle, "closed by the server during the handshake")
+                return
+            cycle.received += data
+            head_end = cycle.received.find(b"\r\n\r\n")
+            if head_end < 0:
+                if len(cycle.received) > MAX_RESPONSE_HEAD:
+                    end(cycle, "response head too large")
+                return
+            head = cycle.received[:head_end]
+            if not head.startswith(b"HTTP/1.1 101") or EXPECTED_ACCEPT not in head:
+                status = head.split(b"\r\n", 1)[0].decode("latin-1")
+                end(cycle, f"handshake refused: {status}")
+                return
+            if measuring:
+                counted["handshakes"] += 1
+            cycle.received = cycle.received[head_end + 4 :]
+            try:
+                sock.send(CLOSE_FRAME)
+            except (OSError, ssl.SSLError) as failure:
+                end(cycle, f"send close: {failure}")
+                return
+            cycle.stage = "closing"
+            cycle.closing_since = time.monotonic()
+            data = b""
+            if not cycle.received:
+                return
+            data, cycle.received = cycle.received, b""
+            if not _has_close_frame(data):
+                return
+            lingering.append(cycle)
+            return
+        # closing: wait for the server's close frame, then for its end of TCP.
+        if not data:
+            end(cycle, None)
+            return
+        cycle.received += data
+        if _has_close_frame(cycle.received) and cycle not in lingering:
+            cycle.closing_since = time.monotonic()
+            lingering.append(cycle)
+
+    started_at = time.monotonic()
+    measure_from = started_at + warmup
+    deadline = measure_from + duration
+    load_start = server_start = machine_start = 0.0
+    try:
+        for _ in range(concurrency):
+            start()
+        while True:
+            now = time.monotonic()
+            if not measuring and now >= measure_from:
+                measuring = True
+                measure_from = now
+                load_start = time.process_time()
+                machine_start = read_machine_busy_seconds()
+                if server_pid is not None:
+                    server_start = read_cpu_seconds(server_pid)
+            if now >= deadline:
+                break
+            for key, _ in selector.select(0.05):
+                advance(key.data)
+            if lingering:
+                # A server that answered the close but keeps TCP open: reset it after a
+                # short wait, so that the next lifecycle can start.
+                now = time.monotonic()
+                keep = []
+                for cycle in lingering:
+                    if cycle.stage == "done":
+                        continue  # the server ended TCP meanwhile
+                    if now - cycle.closing_since >= CHURN_EOF_WAIT:
+                        cycle.stage = "done"
+                        selector.unregister(cycle.sock)
+                        _reset(cycle.sock)
+                        if measuring:
+                            counted["reset"] += 1
+                        start()
+                    else:
+                        keep.append(cycle)
+                lingering[:] = keep
+        measured = time.monotonic() - measure_from
+        load_cpu = time.process_time() - load_start
+        machine_cpu = read_machine_busy_seconds() - machine_start
+        server_cpu = None
+        if server_pid is not None:
+            server_cpu = read_cpu_seconds(server_pid) - server_start
+    finally:
+        for key in list(selector.get_map().values()):
+            _reset(key.fileobj)  # type: ignore[arg-type]
+        selector.close()
+    handshakes = counted["handshakes"]
+    if handshakes == 0:
+        raise LoadError(f"no handshake completed: {dict(errors)}")
+    other_cpu = None
+    if server_cpu is not None:
+        other_cpu = max(0.0, machine_cpu - load_cpu - server_cpu)
+    return ChurnResult(
+        url=target.url,
+        tls=target.tls,
+        concurrency=concurrency,
+        warmup_s=warmup,
+        measured_s=round(measured, 3),
+        handshakes=handshakes,
+        handshakes_per_s=round(handshakes / measured, 1),
+        server_closed=counted["server_closed"],
+        reset_by_client=counted["reset"],
+        errors=dict(errors),
+        load_cpu_us_per_handshake=round(load_cpu / handshakes * 1e6, 1),
+        load_cpu_percent=round(100 * load_cpu / measured, 1),
+        server_cpu_percent=None if server_cpu is None else round(100 * server_cpu / measured, 1),
+        handshakes_per_server_cpu_s=round(handshakes / server_cpu) if server_cpu else None,
+        other_cpu_percent=None if other_cpu is None else round(100 * other_cpu / measured, 1),
+        server_pid=server_pid,
+    )
+
+
+def _has_close_frame(data: bytes) -> bool:
+    """Whether the server frames in ``data`` include a close frame."""
+    with contextlib.suppress(LoadError):
+        _, _, controls = scan_frames(data)
+        return any(opcode == Opcode.CLOSE for opcode, _ in controls)
+    return False
+
+
 # --- chat mode: broadcast deliveries and latency ----------------------------------------------
 
 #: The room every chat client publishes to: chatd puts every session in it.
@@ -1540,10 +1842,37 @@ IMPLEMENTATIONS = (
     ),
     Implementation("websockets", ("-m", "bench.peers.websockets_echo", "--port"), "websockets"),
     Implementation("aiohttp", ("-m", "bench.peers.aiohttp_echo", "--port"), "aiohttp"),
+    Implementation("picows", ("-m", "bench.peers.picows_echo", "--port"), "picows"),
 )
 OURS = "rfc6455"
-#: The chat suite: chatd beside a broadcast server on ``websockets``, and (on request,
-#: ``--impl calibration``) the bare broadcast loop that measures the generator's ceiling.
+#: The broadcast peers: one room, every message numbered and sent to every client in
+#: chatd's wire format (bench/peers/*_broadcast.py). Both the broadcast and the chat
+#: suites measure them.
+_BROADCAST_PEERS = tuple(
+    Implementation(name, ("-m", f"bench.peers.{name}_broadcast", "--port"), name, path="/ws")
+    for name in ("websockets", "aiohttp", "picows")
+)
+#: The bare broadcast loop that measures the generator's ceiling (``--impl calibration``).
+_CALIBRATION = Implementation(
+    "calibration",
+    ("-m", "bench.load", "calibration-server", "--port"),
+    None,
+    path="/ws",
+    default=False,
+)
+#: The broadcast suite: the same minimal broadcast server on each library, ours included.
+BROADCAST_IMPLEMENTATIONS = (
+    Implementation(
+        "rfc6455",
+        ("-m", "bench.peers.rfc6455_broadcast", "--port"),
+        None,
+        path="/ws",
+    ),
+    *_BROADCAST_PEERS,
+    _CALIBRATION,
+)
+#: The chat suite: chatd, a whole chat server (parsing, validation, SQLite, acks), beside
+#: the minimal broadcast servers.
 CHAT_IMPLEMENTATIONS = (
     Implementation(
         "chatd",
@@ -1553,24 +1882,14 @@ CHAT_IMPLEMENTATIONS = (
         database=True,
         load_arguments=("--wait-joined",),
     ),
-    Implementation(
-        "websockets",
-        ("-m", "bench.peers.websockets_broadcast", "--port"),
-        "websockets",
-        path="/ws",
-    ),
-    Implementation(
-        "calibration",
-        ("-m", "bench.load", "calibration-server", "--port"),
-        None,
-        path="/ws",
-        default=False,
-    ),
+    *_BROADCAST_PEERS,
+    _CALIBRATION,
 )
 CHAT_OURS = "chatd"
 #: Suite name -> (its implementations, the one whose ratios to the others are reported).
 SUITES: dict[str, tuple[tuple[Implementation, ...], str]] = {
     "echo": (IMPLEMENTATIONS, OURS),
+    "broadcast": (BROADCAST_IMPLEMENTATIONS, OURS),
     "chat": (CHAT_IMPLEMENTATIONS, CHAT_OURS),
 }
 #: An echo measurement during which other processes used more than this share of one
@@ -1588,7 +1907,7 @@ class Scenario:
 
     name: str
     label: str
-    kind: str  # "echo", "idle" or "chat"
+    kind: str  # "echo", "idle", "churn" or "chat"
     arguments: tuple[str, ...]
     metric: str
     unit: str
@@ -1600,6 +1919,8 @@ class Scenario:
     #: A target for our own figure: at least (or at most) this value.
     limit: float | None = None
     suite: str = "echo"
+    #: Served over TLS (``wss://``): the servers get a certificate from ``tls``.
+    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1611,12 +1932,18 @@ class CompareSettings:
     warmup: float
     idle_connections: int
     hold: float
-    #: The chat suite: rounds, measured seconds and warm-up of every broadcast run (each
-    #: also costs about 1.5 s to start a server, join the clients and close them).
+    #: Only the scenarios of the quick subset (``make bench-quick``).
+    quick: bool = False
+    #: Connection churn: handshakes in progress at once, and seconds measured.
+    churn_concurrency: int = 32
+    churn_duration: float = 2.0
+    #: The broadcast and chat suites: rounds, measured seconds and warm-up of every run
+    #: (each also costs about 1.5 s to start a server, join the clients and close them).
     chat_rounds: int = 3
     chat_duration: float = 3.0
     chat_warmup: float = 0.5
-    #: Clients joined to the room, one scenario pair per count.
+    #: Receivers in the room: one scenario pair per count (broadcast suite; the chat
+    #: suite measures the largest only).
     chat_clients: tuple[int, ...] = (100, 1_000)
     #: Publishing clients, the fixed total rate (messages/s) of the latency scenarios,
     #: and the messages in flight of the throughput scenarios: 20 keeps chatd's core
@@ -1627,61 +1954,96 @@ class CompareSettings:
     chat_in_flight: int = 20
     #: Receivers whose latency the throughput scenarios record, at most (and at most a
     #: quarter of them); every one at a fixed rate. Reading a timestamp costs the
-    #: generator more than counting the frame, and it must keep up with chatd.
+    #: generator more than counting the frame, and it must keep up with the server.
     chat_latency_clients: int = 100
 
 
-FULL = CompareSettings(rounds=5, duration=3.0, warmup=1.0, idle_connections=10_000, hold=2.0)
+FULL = CompareSettings(rounds=5, duration=2.0, warmup=0.5, idle_connections=10_000, hold=2.0)
 QUICK = CompareSettings(
     rounds=1,
-    duration=1.5,
-    warmup=0.5,
+    duration=1.0,
+    warmup=0.3,
     idle_connections=1_000,
-    hold=1.0,
+    hold=0.5,
+    quick=True,
+    churn_duration=1.0,
     chat_rounds=1,
-    chat_duration=2.0,
-    chat_warmup=0.5,
+    chat_duration=1.5,
+    chat_warmup=0.3,
+    chat_clients=(1_000,),
 )
-#: The issue's latency bound for chatd: p99 under 100 ms with 1,000 clients at 20 msg/s.
+#: chatd's latency bound: p99 under 100 ms with 1,000 clients at 20 msg/s.
 CHAT_P99_LIMIT_MS = 100.0
-#: The issue's throughput target: at least twice the deliveries/s of the websockets peer.
+#: chatd's throughput target: at least twice the deliveries/s of the websockets peer.
 CHAT_DELIVERIES_TARGET = {"websockets": 2.0}
+#: Our broadcast server's target at 1,000 receivers: at least picows' deliveries/s.
+BROADCAST_DELIVERIES_TARGET = {"picows": 1.0}
+#: Scenarios of the quick subset.
+QUICK_SCENARIOS = frozenset(
+    {"echo-1x16", "echo-100x16", "idle", "churn-ws", "broadcast-max", "chat-max"}
+)
 
 
 def scenarios_for(settings: CompareSettings, suite: str = "echo") -> list[Scenario]:
-    """The scenarios of ``suite``: the echo suite's three (echo-1x1, echo-100x16, idle)
-    or the chat suite's two per client count (fixed rate, then as fast as possible).
+    """The scenarios of ``suite`` (only the quick subset's with ``settings.quick``).
+
+    echo: round trips with 1 and 100 clients, 32 B and 1 KiB, one or 16 in flight; idle
+    memory; connection churn over ws:// and wss://. broadcast and chat: per receiver
+    count, a fixed rate (latency) and as fast as the in-flight bound allows (throughput).
     """
-    if suite == "chat":
-        return _chat_scenarios(settings)
+    if suite == "echo":
+        scenarios = _echo_scenarios(settings)
+    else:
+        scenarios = _broadcast_scenarios(settings, suite)
+    if settings.quick:
+        scenarios = [s for s in scenarios if _quick_name(s) in QUICK_SCENARIOS]
+    return scenarios
+
+
+def _quick_name(scenario: Scenario) -> str:
+    """The scenario's name without its size: ``broadcast-1000-max`` -> ``broadcast-max``."""
+    parts = scenario.name.split("-")
+    if scenario.kind in {"idle", "chat"}:
+        return "-".join(part for part in parts if not part[:1].isdigit())
+    return scenario.name
+
+
+def _echo_scenarios(settings: CompareSettings) -> list[Scenario]:
     timing = ("--duration", str(settings.duration), "--warmup", str(settings.warmup))
-    echo_targets = {"websockets": 1.5, "aiohttp": 1.0}
     # Round trips per second of server CPU: how much work each server does per echo,
     # which noise from other processes on the machine moves much less than the rate.
     echo_secondary = (("round_trips_per_server_cpu_s", "rt/server CPU-s"),)
-    return [
-        Scenario(
-            "echo-1x1",
-            "echo, 1 client, 32 B, 1 in flight",
-            "echo",
-            ("--clients", "1", "--in-flight", "1", "--size", "32", *timing),
-            "round_trips_per_s",
-            "round trips/s",
-            True,
-            echo_targets,
-            echo_secondary,
-        ),
-        Scenario(
-            "echo-100x16",
-            "echo, 100 clients, 32 B, 16 in flight each",
-            "echo",
-            ("--clients", "100", "--in-flight", "16", "--size", "32", *timing),
-            "round_trips_per_s",
-            "round trips/s",
-            True,
-            echo_targets,
-            echo_secondary,
-        ),
+    scenarios = []
+    for name, clients, in_flight, size in (
+        ("echo-1x1", 1, 1, 32),
+        ("echo-1x16", 1, 16, 32),
+        ("echo-1x16-1k", 1, 16, 1024),
+        ("echo-100x16", 100, 16, 32),
+        ("echo-100x16-1k", 100, 16, 1024),
+    ):
+        client_word = "client" if clients == 1 else "clients"
+        scenarios.append(
+            Scenario(
+                name,
+                f"echo, {clients} {client_word}, {_size_label(size)}, {in_flight} in flight each",
+                "echo",
+                (
+                    "--clients",
+                    str(clients),
+                    "--in-flight",
+                    str(in_flight),
+                    "--size",
+                    str(size),
+                    *timing,
+                ),
+                "round_trips_per_s",
+                "round trips/s",
+                True,
+                {"aiohttp": 1.0} if name == "echo-100x16" else {},
+                echo_secondary,
+            )
+        )
+    scenarios.append(
         Scenario(
             f"idle-{settings.idle_connections}",
             f"idle, {settings.idle_connections:,} connections",
@@ -1691,21 +2053,57 @@ def scenarios_for(settings: CompareSettings, suite: str = "echo") -> list[Scenar
             "KiB/connection",
             False,
             {"websockets": 0.8},
-        ),
-    ]
-
-
-def _chat_scenarios(settings: CompareSettings) -> list[Scenario]:
-    timing = ("--duration", str(settings.chat_duration), "--warmup", str(settings.chat_warmup))
-    largest = max(settings.chat_clients)
-    scenarios = []
-    for clients in settings.chat_clients:
-        common = ("--clients", str(clients), "--senders", str(settings.chat_senders), *timing)
-        rate = f"{settings.chat_rate:g}"
+        )
+    )
+    churn = (
+        "--concurrency",
+        str(settings.churn_concurrency),
+        "--duration",
+        str(settings.churn_duration),
+        "--warmup",
+        str(settings.warmup),
+    )
+    for tls in (False, True):
+        scheme = "wss" if tls else "ws"
         scenarios.append(
             Scenario(
-                f"chat-{clients}x{rate}mps",
-                f"broadcast, {clients:,} clients, {rate} messages/s published",
+                f"churn-{scheme}",
+                f"connection churn over {scheme}://, {settings.churn_concurrency} at a time",
+                "churn",
+                churn,
+                "handshakes_per_s",
+                "handshakes/s",
+                True,
+                {},
+                (("handshakes_per_server_cpu_s", "handshakes/server CPU-s"),),
+                tls=tls,
+            )
+        )
+    return scenarios
+
+
+def _size_label(size: int) -> str:
+    return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
+
+
+def _broadcast_scenarios(settings: CompareSettings, suite: str) -> list[Scenario]:
+    timing = ("--duration", str(settings.chat_duration), "--warmup", str(settings.chat_warmup))
+    largest = max(settings.chat_clients)
+    counts = settings.chat_clients if suite == "broadcast" else (largest,)
+    scenarios = []
+    for clients in counts:
+        common = ("--clients", str(clients), "--senders", str(settings.chat_senders), *timing)
+        rate = f"{settings.chat_rate:g}"
+        if suite == "chat":
+            limit = CHAT_P99_LIMIT_MS if clients == largest else None
+            targets = CHAT_DELIVERIES_TARGET if clients == largest else {}
+        else:
+            limit = None
+            targets = BROADCAST_DELIVERIES_TARGET if clients == largest else {}
+        scenarios.append(
+            Scenario(
+                f"{suite}-{clients}x{rate}mps",
+                f"{suite}, {clients:,} clients, {rate} messages/s published",
                 "chat",
                 (*common, "--rate", rate),
                 "latency_p99_ms",
@@ -1713,14 +2111,14 @@ def _chat_scenarios(settings: CompareSettings) -> list[Scenario]:
                 False,
                 {},
                 (("latency_p50_ms", "ms p50"), ("deliveries_per_s", "deliveries/s")),
-                limit=CHAT_P99_LIMIT_MS if clients == largest else None,
-                suite="chat",
+                limit=limit,
+                suite=suite,
             )
         )
         scenarios.append(
             Scenario(
-                f"chat-{clients}-max",
-                f"broadcast, {clients:,} clients, {settings.chat_in_flight} messages in flight",
+                f"{suite}-{clients}-max",
+                f"{suite}, {clients:,} clients, {settings.chat_in_flight} messages in flight",
                 "chat",
                 (
                     *common,
@@ -1732,13 +2130,13 @@ def _chat_scenarios(settings: CompareSettings) -> list[Scenario]:
                 "deliveries_per_s",
                 "deliveries/s",
                 True,
-                CHAT_DELIVERIES_TARGET if clients == largest else {},
+                targets,
                 (
                     ("deliveries_per_server_cpu_s", "deliveries/server CPU-s"),
                     ("latency_p50_ms", "ms p50"),
                     ("latency_p99_ms", "ms p99"),
                 ),
-                suite="chat",
+                suite=suite,
             )
         )
     return scenarios
@@ -1774,14 +2172,26 @@ def _free_port() -> int:
 class ServerProcess:
     """One echo server subprocess on a free port; stopped by its PID."""
 
-    def __init__(self, implementation: Implementation, cpus: set[int] | None, nofile: int) -> None:
+    def __init__(
+        self,
+        implementation: Implementation,
+        cpus: set[int] | None,
+        nofile: int,
+        *,
+        certificate: tuple[Path, Path] | None = None,
+    ) -> None:
         self.implementation = implementation
         self.port = _free_port()
-        self.url = f"ws://{ALLOWED_HOST}:{self.port}{implementation.path}"
+        scheme = "ws" if certificate is None else "wss"
+        self.url = f"{scheme}://{ALLOWED_HOST}:{self.port}{implementation.path}"
+        self.probe_url = f"ws://{ALLOWED_HOST}:{self.port}{implementation.path}"
         # Both live as long as the server; closed in stop().
         self.log = tempfile.TemporaryFile()  # noqa: SIM115
         self.database: tempfile.TemporaryDirectory[str] | None = None
         command = [sys.executable, *implementation.command, str(self.port)]
+        if certificate is not None:
+            certfile, keyfile = certificate
+            command += ["--certfile", str(certfile), "--keyfile", str(keyfile)]
         if implementation.database:
             self.database = tempfile.TemporaryDirectory(prefix="bench-chatd-")
             command += ["--db", str(Path(self.database.name) / "chatd.sqlite3")]
@@ -1799,16 +2209,23 @@ class ServerProcess:
         return self.process.pid
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Wait until a WebSocket handshake succeeds (bounded)."""
-        target = parse_target(self.url)
+        """Wait until a WebSocket handshake succeeds (a TLS server: until it listens)."""
+        target = parse_target(self.probe_url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise LoadError(f"{self.implementation.name} exited: {self.output()}")
-            opened = open_connections(target, 1, timeout=2.0)
-            if opened.sockets:
-                close_connections([opened.sockets[0][0]], timeout=2.0)
-                return
+            if self.url.startswith("wss:"):
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection((target.host, target.port), timeout=2.0),
+                ):
+                    return
+            else:
+                opened = open_connections(target, 1, timeout=2.0)
+                if opened.sockets:
+                    close_connections([opened.sockets[0][0]], timeout=2.0)
+                    return
             time.sleep(0.05)
         raise LoadError(f"{self.implementation.name} not ready in {timeout}s: {self.output()}")
 
@@ -1944,9 +2361,11 @@ def compare(
     implementations: Sequence[str] | None = None,
     output: Path | None = None,
     log: Callable[[str], None] = print,
+    save: bool = True,
 ) -> dict[str, Any]:
     """Measure every scenario of ``suites`` for every implementation, round-robin;
-    print and save.
+    print and save (unless ``save`` is false: ``python -m bench`` saves everything in
+    one file).
     """
     plans: list[tuple[str, list[Implementation], list[Scenario]]] = []
     for suite in suites:
@@ -1977,6 +2396,13 @@ def compare(
     started_at = time.time()
     shared_servers: dict[str, ServerProcess] = {}
     retries_left = NOISY_RETRY_BUDGET
+    certificates = tempfile.TemporaryDirectory(prefix="bench-tls-")
+    certificate: tuple[Path, Path] | None = None
+    if any(scenario.tls for _, _, scenarios in plans for scenario in scenarios):
+        # A certificate from the local CA of the ``tls`` package (not mkcert: nothing
+        # is installed in a trust store for a benchmark).
+        files = issue_leaf(certificates.name, [ALLOWED_HOST])
+        certificate = (files.certfile, files.keyfile)
     try:
         for suite, chosen, scenarios in plans:
             if suite == "echo":
@@ -2003,11 +2429,15 @@ def compare(
                                 server_cpus=server_cpus,
                                 load_cpus=load_cpus,
                                 nofile=nofile,
+                                certificate=certificate,
                             )
                             repetition["round"] = round_number + 1
                             repetition["attempt"] = attempt + 1
                             repetitions.append(repetition)
-                            log(_describe(repetition, scenario))
+                            log(
+                                f"{suite} {round_number + 1}/{rounds} "
+                                + _describe(repetition, scenario)
+                            )
                             other = repetition.get("result", {}).get("other_cpu_percent")
                             if (
                                 other is None
@@ -2025,6 +2455,7 @@ def compare(
     finally:
         for server in shared_servers.values():
             server.stop()
+        certificates.cleanup()
     summary: dict[str, Any] = {}
     tables = []
     for suite, chosen, scenarios in plans:
@@ -2052,6 +2483,8 @@ def compare(
     for table in tables:
         log("")
         log(table)
+    if not save:
+        return report
     if output is None:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started_at))
@@ -2070,15 +2503,22 @@ def _measure(
     server_cpus: set[int] | None,
     load_cpus: set[int] | None,
     nofile: int,
+    certificate: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """One repetition. Idle runs get a fresh server, so that its baseline is clean; chat
-    runs too, so that each starts with an empty room (and chatd with an empty database).
+    runs too, so that each starts with an empty room (and chatd with an empty database);
+    churn runs too (over TLS when the scenario says so).
     """
     repetition: dict[str, Any] = {"scenario": scenario.name, "impl": implementation.name}
     fresh: ServerProcess | None = None
     try:
-        if scenario.kind in {"idle", "chat"}:
-            fresh = ServerProcess(implementation, server_cpus, nofile)
+        if scenario.kind in {"idle", "chat", "churn"}:
+            fresh = ServerProcess(
+                implementation,
+                server_cpus,
+                nofile,
+                certificate=certificate if scenario.tls else None,
+            )
             fresh.wait_ready()
             server = fresh
         else:
@@ -2087,6 +2527,8 @@ def _measure(
             timeout = 120.0 + settings.idle_connections / 100 + settings.hold
         elif scenario.kind == "chat":
             timeout = 120.0 + max(settings.chat_clients) / 20 + settings.chat_duration
+        elif scenario.kind == "churn":
+            timeout = 60.0 + settings.churn_duration + settings.warmup
         else:
             timeout = 60.0 + settings.duration + settings.warmup
         arguments = scenario.arguments
@@ -2126,6 +2568,14 @@ def _describe(repetition: dict[str, Any], scenario: Scenario) -> str:
             f"load CPU {result['load_cpu_percent']}% "
             f"({result['load_cpu_us_per_delivery']} us/delivery)  "
             f"other CPU {result['other_cpu_percent']}%"
+        )
+    if scenario.kind == "churn":
+        return (
+            f"{where} {result['handshakes_per_s']:>10,.0f} handshakes/s  "
+            f"server CPU {result['server_cpu_percent']}%  "
+            f"load CPU {result['load_cpu_percent']}% "
+            f"({result['load_cpu_us_per_handshake']} us/handshake)  "
+            f"server closed {result['server_closed']}, reset {result['reset_by_client']}"
         )
     if scenario.kind == "echo":
         return (
@@ -2187,6 +2637,8 @@ def summarize(
     summary: dict[str, Any] = {}
     for figure in figures_for(scenarios):
         medians: dict[str, float | None] = {}
+        lows: dict[str, float | None] = {}
+        highs: dict[str, float | None] = {}
         noise: dict[str, float | None] = {}
         counted: dict[str, int] = {}
         for name in names:
@@ -2201,6 +2653,8 @@ def summarize(
             values = [result[figure.metric] for result in results]
             counted[name] = len(values)
             medians[name] = statistics.median(values) if values else None
+            lows[name] = min(values) if values else None
+            highs[name] = max(values) if values else None
             others = [
                 result["other_cpu_percent"]
                 for result in results
@@ -2230,7 +2684,10 @@ def summarize(
             )
         summary[figure.key] = {
             "unit": figure.unit,
+            "ours": ours,
             "medians": medians,
+            "mins": lows,
+            "maxs": highs,
             "ratios": ratios,
             "targets": figure.targets,
             "met": verdicts,
@@ -2337,6 +2794,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     chat.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
+    churn = commands.add_parser("churn", help="whole connections (handshake to close) per second")
+    churn.add_argument("--url", required=True, help="ws:// or wss:// on 127.0.0.1")
+    churn.add_argument("--concurrency", type=int, default=32)
+    churn.add_argument("--duration", type=float, default=3.0)
+    churn.add_argument("--warmup", type=float, default=0.5)
+    churn.add_argument(
+        "--server-pid", type=int, help="for CPU use (found from the port if not given)"
+    )
+    churn.add_argument("--json", action="store_true", help="print the result as one JSON line")
+
     calibration = commands.add_parser(
         "calibration-server", help="a bare broadcast loop, to measure the generator's ceiling"
     )
@@ -2386,6 +2853,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warmup=args.warmup,
                 wait_joined=args.wait_joined,
                 latency_clients=args.latency_clients,
+                server_pid=args.server_pid,
+            )
+        elif args.command == "churn":
+            result = run_churn(
+                args.url,
+                concurrency=args.concurrency,
+                duration=args.duration,
+                warmup=args.warmup,
                 server_pid=args.server_pid,
             )
         elif args.command == "calibration-server":

@@ -7,33 +7,43 @@ bench/, not in a pass/fail test.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
 import sys
 from array import array
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from bench.load import (
     CHAT_IMPLEMENTATIONS,
     CHAT_OURS,
+    FULL,
     IMPLEMENTATIONS,
     OURS,
+    QUICK,
     REPO_ROOT,
+    SUITES,
     LoadError,
     ServerProcess,
     chat_message,
+    compare,
     parse_target,
     run_chat,
+    run_churn,
     run_echo,
     run_idle,
     scan_chat_frames,
     scan_frames,
+    scenarios_for,
+    summarize,
 )
 from rfc6455.codes import Opcode
 from rfc6455.frames import encode_frame
+from tls.localca import issue_leaf
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +237,124 @@ def test_chat_message_is_a_masked_text_frame() -> None:
 def test_chat_mode_refuses_more_senders_than_clients() -> None:
     with pytest.raises(LoadError):
         run_chat("ws://127.0.0.1:9/ws", clients=1, senders=2)
+
+
+# --- churn mode ----------------------------------------------------------------------------------
+
+
+def test_parse_target_accepts_wss_only_where_allowed() -> None:
+    target = parse_target("wss://127.0.0.1:9001/", allow_tls=True)
+    assert target.tls
+    assert target.url == "wss://127.0.0.1:9001/"
+    with pytest.raises(LoadError):
+        parse_target("wss://localhost:9001/", allow_tls=True)
+
+
+def test_churn_mode_counts_whole_lifecycles(echo_server: ServerProcess) -> None:
+    result = run_churn(
+        echo_server.url, concurrency=4, duration=0.5, warmup=0.1, server_pid=echo_server.pid
+    )
+    assert not result.tls
+    assert result.errors == {}
+    assert result.handshakes > 0
+    # Our server ends TCP after the close handshake (section 7.1.1): nothing is reset.
+    assert result.server_closed > 0
+    assert result.reset_by_client == 0
+    assert result.handshakes_per_server_cpu_s is not None
+
+
+def test_churn_mode_over_tls(tmp_path: Path) -> None:
+    files = issue_leaf(tmp_path, ["127.0.0.1"])
+    ours = next(implementation for implementation in IMPLEMENTATIONS if implementation.name == OURS)
+    server = ServerProcess(
+        ours, cpus=None, nofile=4096, certificate=(files.certfile, files.keyfile)
+    )
+    try:
+        server.wait_ready(timeout=20.0)
+        assert server.url.startswith("wss://")
+        result = run_churn(server.url, concurrency=2, duration=0.5, warmup=0.1)
+    finally:
+        server.stop()
+    assert result.tls
+    assert result.errors == {}
+    assert result.handshakes > 0
+    assert result.server_pid == server.pid
+
+
+# --- compare: the plan and the summary -----------------------------------------------------------
+
+
+def test_scenarios_carry_the_issue_targets() -> None:
+    by_name = {
+        scenario.name: scenario for suite in SUITES for scenario in scenarios_for(FULL, suite)
+    }
+    assert by_name["echo-100x16"].targets == {"aiohttp": 1.0}
+    assert by_name["idle-10000"].targets == {"websockets": 0.8}
+    assert by_name["broadcast-1000-max"].targets == {"picows": 1.0}
+    assert by_name["chat-1000-max"].targets == {"websockets": 2.0}
+    assert by_name["chat-1000x20mps"].limit == 100.0
+    assert by_name["churn-wss"].tls and not by_name["churn-ws"].tls
+    assert {"echo-1x16-1k", "echo-100x16-1k", "broadcast-100-max"} <= set(by_name)
+    quick = {scenario.name for suite in SUITES for scenario in scenarios_for(QUICK, suite)}
+    assert quick == {
+        "echo-1x16",
+        "echo-100x16",
+        "idle-1000",
+        "churn-ws",
+        "broadcast-1000-max",
+        "chat-1000-max",
+    }
+
+
+def test_summary_has_medians_extremes_and_ratios() -> None:
+    scenario = next(s for s in scenarios_for(FULL, "echo") if s.name == "echo-100x16")
+    repetitions = [
+        {"scenario": "echo-100x16", "impl": impl, "result": {"round_trips_per_s": value}}
+        for impl, value in (
+            ("rfc6455", 300.0),
+            ("rfc6455", 100.0),
+            ("rfc6455", 200.0),
+            ("aiohttp", 100.0),
+            ("aiohttp", 50.0),
+        )
+    ]
+    repetitions.append(
+        {
+            "scenario": "echo-100x16",
+            "impl": "aiohttp",
+            "result": {"round_trips_per_s": 1e9},
+            "discarded": "other processes used 90% CPU",
+        }
+    )
+    entry = summarize([scenario], ["rfc6455", "aiohttp"], repetitions)["echo-100x16"]
+    assert entry["ours"] == "rfc6455"
+    assert entry["medians"] == {"rfc6455": 200.0, "aiohttp": 75.0}
+    assert entry["mins"] == {"rfc6455": 100.0, "aiohttp": 50.0}
+    assert entry["maxs"] == {"rfc6455": 300.0, "aiohttp": 100.0}
+    assert entry["ratios"] == {"aiohttp": 2.667}
+    assert entry["met"] == {"aiohttp": True}
+
+
+def test_compare_runs_every_kind_of_scenario(tmp_path: Path) -> None:
+    # One tiny round of the echo suite for our server only: echo, idle and churn over
+    # ws:// and wss://, each in its own process, stopped by its PID.
+    settings = dataclasses.replace(
+        QUICK,
+        quick=False,
+        rounds=1,
+        duration=0.2,
+        warmup=0.1,
+        idle_connections=20,
+        hold=0.1,
+        churn_duration=0.2,
+    )
+    lines: list[str] = []
+    report = compare(
+        settings, suites=["echo"], implementations=[OURS], log=lines.append, save=False
+    )
+    names = [scenario["name"] for scenario in report["scenarios"]]
+    assert "churn-wss" in names and "idle-20" in names
+    values = {repetition["scenario"]: repetition["value"] for repetition in report["repetitions"]}
+    assert set(values) == set(names)
+    assert all(value is not None and value > 0 for value in values.values()), lines
+    assert any(line.startswith("echo 1/1 ") for line in lines)
