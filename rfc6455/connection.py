@@ -484,7 +484,7 @@ class Connection:
         while True:
             if self._message_opcode is None and not self._validated:
                 self._receive_small_messages(events)
-            frame = parser.next_frame()
+            frame = parser.next_frame(self._validated)
             if frame is None:
                 break
             opcode, payload, fin, rsv1, _, _ = frame
@@ -661,15 +661,17 @@ class Connection:
                 self._text_parts = []
                 self._decoder = _utf8_decoder()
 
-        self._message_wire_size += len(payload)
+        # ``payload`` starts after the ``validated`` bytes of a text frame that were
+        # already decoded as they arrived (``_validate_partial_text``).
+        self._message_wire_size += validated + len(payload)
         if self._message_compressed:
             assert self._extension is not None  # RSV1 is refused without it
             payload = self._extension.decompress(
                 payload, fin, self.max_message_size - self._message_size
             )
-        self._message_size += len(payload)
+        self._message_size += validated + len(payload)
         if self._message_opcode is Opcode.TEXT:
-            self._text_parts.append(self._decode_text(payload[validated:], fin))
+            self._text_parts.append(self._decode_text(payload, fin))
         else:
             self._message_parts.append(payload)
 

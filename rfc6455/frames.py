@@ -269,8 +269,13 @@ class FrameParser:
         self._need = 2
         return rest
 
-    def next_frame(self) -> Frame | None:
-        """Return the next complete frame, or None if more bytes are needed; hot path."""
+    def next_frame(self, skip: int = 0) -> Frame | None:
+        """Return the next complete frame, or None if more bytes are needed; hot path.
+
+        ``skip``: the first bytes of its payload that were already read through
+        ``peek_payload`` (a text frame validated as it arrived); they are left out of the
+        payload returned, so that no byte is unmasked twice.
+        """
         buf = self._buf
         pos = self._pos
         available = len(buf) - pos
@@ -337,9 +342,13 @@ class FrameParser:
             return None
         start = pos + header_size
         if masked:
-            payload = _unmask(buf, start, end, bytes(buf[start - 4 : start]))
+            key = bytes(buf[start - 4 : start])
+            if skip:
+                # Rotate the key so that it lines up with byte ``skip`` of the payload.
+                key = key[skip & 3 :] + key[: skip & 3]
+            payload = _unmask(buf, start + skip, end, key)
         else:
-            payload = buf[start:end]
+            payload = buf[start + skip : end]
         self._pos = end
         self._need = 2
         return Frame(

@@ -1372,10 +1372,11 @@ def test_small_text_completed_in_place_then_a_ping_at_a_client() -> None:
 @pytest.mark.parametrize("role", ["server", "client"])
 def test_runs_of_16_bit_length_messages_split_everywhere(role: str) -> None:
     # The in-place path takes 7-bit and 16-bit lengths alike: sizes around each edge
-    # (125/126, the lanes threshold of the unmasking, the largest 16-bit length),
-    # text and binary, fed whole and cut at arbitrary points.
+    # (125/126, the lanes threshold of the unmasking, the largest 16-bit length, and a
+    # 64-bit length beyond the in-place path), text and binary, fed whole and cut at
+    # arbitrary points.
     conn = server() if role == "server" else client()
-    sizes = [125, 126, 127, 1023, 1024, 1025, 4099, 65535]
+    sizes = [125, 126, 127, 1023, 1024, 1025, 4099, 65535, 70000]
     data = b""
     expected: list[Event] = []
     rng = random.Random(6455)

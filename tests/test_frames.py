@@ -562,6 +562,21 @@ def test_peek_payload_unmasks_from_any_offset(start: int) -> None:
     assert parser.peek_payload(start) == payload[start:13]
 
 
+@pytest.mark.parametrize("skip", [0, 1, 2, 3, 4, 5, 13, 16])
+@pytest.mark.parametrize("masked", [True, False])
+def test_next_frame_leaves_out_what_was_peeked(skip: int, masked: bool) -> None:
+    # A text frame validated while it arrived is completed without unmasking the bytes
+    # already read again: the payload returned starts at ``skip``.
+    payload = b"abcdefghijklmnop"
+    wire = encode_frame(Opcode.TEXT, payload, mask=MASK if masked else None)
+    parser = server_parser() if masked else client_parser()
+    parser.feed(wire)
+    frame = parser.next_frame(skip)
+    assert frame is not None
+    assert bytes(frame.payload) == payload[skip:]
+    assert parser.buffered == 0
+
+
 @pytest.mark.parametrize(
     ("wire", "header", "data"),
     [
