@@ -7,7 +7,7 @@ PACKAGES := rfc6455 chatd tls
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck pytest bench load autobahn clean
+.PHONY: run test lint typecheck pytest bench bench-quick bench-report bench-frames load autobahn clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,20 @@ pytest: $(STAMP)
 	@echo "== branch coverage of the rfc6455 core (at least 95%)"
 	$(PY) -m coverage report --include='$(CORE_FILES)' --fail-under=95
 
+# Every benchmark, ours beside the peers, interleaved round by round: one JSON file in
+# bench/results/ (about 30 minutes; bench-quick: a 2-minute subset). bench-report turns
+# the newest file into docs/benchmarks.md and its charts.
 bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick $(BENCH_ARGS)
+
+bench-report: $(STAMP)
+	$(PY) -m bench.report $(REPORT_ARGS)
+
+# The frame cases through pytest-benchmark instead of bench's own timer.
+bench-frames: $(STAMP)
 	$(PY) -m pytest bench/test_frames.py --benchmark-only --benchmark-columns=min,median,ops \
 		--benchmark-sort=name $(BENCH_ARGS)
 
