@@ -768,6 +768,7 @@ def _suite_notes(servers: Mapping[str, Any], suite: Suite) -> list[str]:
     for (impl, scenario), error in failures.items():
         first_line = error.strip().splitlines()[0] if error.strip() else "failed"
         lines.append(f"- {impl} failed on {scenario}: {first_line}")
+    lines += _bottleneck_notes(suite, repetitions)
     discarded = sum(1 for repetition in repetitions if "discarded" in repetition)
     if discarded:
         lines.append(
@@ -775,6 +776,72 @@ def _suite_notes(servers: Mapping[str, Any], suite: Suite) -> list[str]:
             "because other processes took CPU meanwhile."
         )
     return [*lines, ""] if lines else []
+
+
+#: A load generator this busy (percent of its core), beside a server less busy than
+#: SERVER_BUSY, set the pace, not the server.
+GENERATOR_BOUND = 95.0
+SERVER_BUSY = 90.0
+
+
+def _bottleneck_notes(suite: Suite, repetitions: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Where the load generator's core was saturated: the rate there is the generator's
+    ceiling, and the per-server-CPU figure is the one that still compares the servers.
+    """
+    lines = []
+    for scenario in suite.scenarios:
+        name = scenario.get("name")
+        bound = []
+        for impl in suite.impls:
+            counted = [
+                repetition["result"]
+                for repetition in repetitions
+                if repetition.get("scenario") == name
+                and repetition.get("impl") == impl
+                and _usable(repetition)
+            ]
+            busy = _median(
+                float(result["load_cpu_percent"])
+                for result in counted
+                if result.get("load_cpu_percent") is not None
+            )
+            server = _median(
+                float(result["server_cpu_percent"])
+                for result in counted
+                if result.get("server_cpu_percent") is not None
+            )
+            if busy is not None and busy >= GENERATOR_BOUND and (server or 0) < SERVER_BUSY:
+                bound.append(f"{impl} (generator {busy:.0f} %, server {server or 0:.0f} %)")
+        if bound:
+            lines.append(
+                f"- {name}: the load generator's core was saturated while the server's was "
+                f"not, with {', '.join(bound)}; there the generator set the pace, and the "
+                "figure per server CPU-second is the one that compares the servers."
+            )
+    return lines
+
+
+def _reading_markdown(results: Mapping[str, Any]) -> list[str]:
+    """How to read the page: what is compiled code, and where a server's speed comes from."""
+    if not results.get("frames") and not results.get("servers"):
+        return []
+    return [
+        "## Reading these figures",
+        "",
+        "- rfc6455 and wsproto are pure Python; websockets masks in C (its pure-Python "
+        "masking is the `websockets-py` column), aiohttp reads frames in C (Cython) and picows "
+        "is Cython throughout. In the codec tables the like-for-like comparison is with "
+        "`websockets-py` and `wsproto`; against compiled codecs rfc6455 is behind on large "
+        "payloads, where the work is a loop over bytes.",
+        "- A server's throughput depends more on its design than on its codec: rfc6455's "
+        "server runs one `selectors` loop, coalesces everything one loop tick queued for a "
+        "connection into one `send`, and encodes a broadcast frame once for every recipient. "
+        "Where the peers make one system call per frame per client, that outweighs their "
+        "compiled codecs.",
+        "- Latency at a fixed rate measures the round trip through the kernel more than any "
+        "library: every server there is mostly idle.",
+        "",
+    ]
 
 
 # --- targets -----------------------------------------------------------------------------
@@ -918,7 +985,7 @@ def _header_markdown(results: Mapping[str, Any], charts: Mapping[str, str]) -> l
         "all alike; every figure is the median over the rounds, shown with the min and max."
         + _pinning(servers),
         "",
-        "Regenerate this page with `make bench` (about 30 minutes; one JSON file in "
+        "Regenerate this page with `make bench` (about 20-25 minutes; one JSON file in "
         "`bench/results/`) then `make bench-report`; `make bench-quick` measures a "
         "two-minute subset. All figures come from one machine, described below, and are "
         "only comparable with each other, within this run.",
@@ -1003,6 +1070,7 @@ def render_markdown(results: Mapping[str, Any], chart_paths: Mapping[str, str]) 
     if results.get("servers"):
         lines += _servers_markdown(results["servers"], chart_paths)
     lines += _targets_markdown(results)
+    lines += _reading_markdown(results)
     if not results.get("frames") and not results.get("servers"):
         lines += ["Nothing was measured in this run.", ""]
     return "\n".join(lines).rstrip() + "\n"
