@@ -1876,7 +1876,19 @@ BROADCAST_IMPLEMENTATIONS = (
 CHAT_IMPLEMENTATIONS = (
     Implementation(
         "chatd",
-        ("-m", "chatd", "--log-level", "WARNING", "--port"),
+        # Unlimited: the load is 1,000 clients from one address, publishing as fast as
+        # they can (a benchmark, not an abuse chatd should stop).
+        (
+            "-m",
+            "chatd",
+            "--log-level",
+            "WARNING",
+            "--rate-limit",
+            "0",
+            "--max-connections-per-ip",
+            "0",
+            "--port",
+        ),
         None,
         path="/ws",
         database=True,

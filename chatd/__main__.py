@@ -8,6 +8,7 @@ development entry point ``make run`` uses.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sqlite3
@@ -17,6 +18,9 @@ from types import FrameType
 
 from chatd import __version__
 from chatd.app import ChatServer
+from chatd.config import ChatSettings
+from chatd.limits import Limits
+from chatd.origins import OriginPolicy
 from chatd.storage import StorageError
 
 logger = logging.getLogger("chatd")
@@ -31,12 +35,70 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    defaults = Limits()
+    protection = parser.add_argument_group("protection")
+    protection.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a page origin (scheme://host[:port]) besides chatd's own that may connect "
+        "(repeatable)",
+    )
+    protection.add_argument(
+        "--refuse-missing-origin",
+        action="store_true",
+        help="refuse handshakes without an Origin header (non-browser clients)",
+    )
+    protection.add_argument(
+        "--rate-limit",
+        type=float,
+        default=defaults.message_rate,
+        metavar="PER_SECOND",
+        help=f"messages per second per connection, 0 for none (default {defaults.message_rate:g})",
+    )
+    protection.add_argument(
+        "--rate-burst",
+        type=int,
+        default=defaults.message_burst,
+        help=f"messages allowed at once above the rate (default {defaults.message_burst})",
+    )
+    protection.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help=f"WebSocket connections in all, 0 for no limit (default {defaults.max_connections})",
+    )
+    protection.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=defaults.max_connections_per_ip,
+        help="WebSocket connections per client address (IPv6: per /64), 0 for no limit "
+        f"(default {defaults.max_connections_per_ip})",
+    )
     parser.add_argument("--version", action="version", version=f"chatd {__version__}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
 
+    settings = ChatSettings(
+        allowed_origins=tuple(args.allow_origin),
+        allow_missing_origin=not args.refuse_missing_origin,
+        limits=dataclasses.replace(
+            defaults,
+            message_rate=args.rate_limit,
+            message_burst=args.rate_burst,
+            max_connections=args.max_connections,
+            max_connections_per_ip=args.max_connections_per_ip,
+        ),
+    )
     try:
-        chat = ChatServer(args.db)
+        settings.validate()
+        OriginPolicy.from_config(settings.allowed_origins, allow_missing=True)
+    except ValueError as error:
+        print(f"bad setting: {error}", file=sys.stderr)
+        return 2
+    try:
+        chat = ChatServer(args.db, settings=settings)
     except (OSError, sqlite3.Error, StorageError) as error:
         print(f"cannot open the database {args.db}: {error}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ It never parses frames or HTTP itself: the runtime hands it requests and message
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import mimetypes
@@ -17,7 +18,10 @@ from typing import Any
 from urllib.parse import unquote
 
 from chatd import protocol
+from chatd.config import ChatSettings
 from chatd.hub import Hub, Session
+from chatd.limits import ConnectionLimiter, MessageGate, Verdict
+from chatd.origins import OriginPolicy
 from chatd.storage import Storage
 from rfc6455.errors import InvalidHandshake
 from rfc6455.http import Request
@@ -48,6 +52,27 @@ class _Pending:
     name: str
     room: str | None
     session_id: str | None
+    ip: str
+
+
+@dataclass(slots=True)
+class _Live:
+    """An open chat connection: its session, its rate gate, the address it counts for."""
+
+    session: Session
+    gate: MessageGate
+    ip: str
+
+
+#: Close code and reason for a client that keeps sending past its rate limit.
+CLOSE_RATE_LIMITED = 1008
+
+
+def _ip(connection: ServerConnection) -> str:
+    address = connection.remote_address
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address)
 
 
 def _json(status: int, body: Any) -> HttpResponse:
@@ -73,9 +98,21 @@ def _query_int(value: str | None) -> int | None:
 class ChatHandler(Handler):
     """The chat service behind ``rfc6455.server.Server``."""
 
-    def __init__(self, hub: Hub, static_dir: Path = STATIC_DIR) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        static_dir: Path = STATIC_DIR,
+        settings: ChatSettings | None = None,
+    ) -> None:
         self.hub = hub
         self.static_dir = static_dir.resolve()
+        self.settings = settings or ChatSettings()
+        self.origins = OriginPolicy.from_config(
+            self.settings.allowed_origins, allow_missing=self.settings.allow_missing_origin
+        )
+        limits = self.settings.limits
+        self.connections = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        self.rate_limited = 0
 
     # --- WebSocket ---------------------------------------------------------------------------
 
@@ -84,6 +121,17 @@ class ChatHandler(Handler):
     ) -> Sequence[tuple[str, str]]:
         if request.path != "/ws":
             raise InvalidHandshake("no WebSocket endpoint here; use /ws", 404)
+        # Section 10.2: a browser names the page that opens the socket; a page of another
+        # origin must not chat with the visitor's credentials.
+        origins = request.headers.get_all("Origin")
+        if len(origins) > 1:
+            raise InvalidHandshake("more than one Origin header", 403)
+        refusal = self.origins.check(
+            origins[0] if origins else None, request.headers.get("Host"), tls=connection.tls
+        )
+        if refusal is not None:
+            logger.warning("%s: upgrade refused: %s (%s)", connection.peer, refusal, origins[:1])
+            raise InvalidHandshake(refusal, 403)
         query = request.query
         name = query.get("name") or "guest"
         if not protocol.is_valid_name(name):
@@ -91,7 +139,12 @@ class ChatHandler(Handler):
         room = query.get("room") or None
         if room is not None and not protocol.is_valid_room(room):
             raise InvalidHandshake("a room name is 1-64 letters, digits, '-', '_' or '.'", 400)
-        connection.context = _Pending(name, room, query.get("session") or None)
+        ip = _ip(connection)
+        full = self.connections.admit(ip)
+        if full is not None:
+            logger.warning("%s: upgrade refused: %s", connection.peer, full)
+            raise InvalidHandshake(full.replace("_", " "), 503)
+        connection.context = _Pending(name, room, query.get("session") or None, ip)
         return ()
 
     def on_open(self, connection: ServerConnection) -> None:
@@ -100,23 +153,47 @@ class ChatHandler(Handler):
         session = self.hub.connect(
             connection, pending.name, room=pending.room, session_id=pending.session_id
         )
-        connection.context = session
+        limits = self.settings.limits
+        gate = MessageGate(
+            limits.message_rate,
+            limits.message_burst,
+            strikes=limits.rate_strikes,
+            window=limits.strike_window,
+        )
+        connection.context = _Live(session, gate, pending.ip)
         logger.info("%s: %s connected (session %s)", connection.peer, session.user, session.id)
 
     def on_message(self, connection: ServerConnection, message: str | bytes) -> None:
-        session = connection.context
-        if not isinstance(session, Session) or session.peer is not connection:
-            return  # replaced by a newer connection
+        live = connection.context
+        if not isinstance(live, _Live) or live.session.peer is not connection:
+            return  # replaced by a newer connection, or closing for its rate
+        # The rate is checked on the raw frame, before any JSON parsing: a flood costs
+        # a counter per message, not a parse.
+        verdict = live.gate.check()
+        if verdict is not Verdict.PASS:
+            self.rate_limited += 1
+            if verdict is Verdict.CLOSE:
+                logger.warning(
+                    "%s: %s closed: over the rate limit", connection.peer, live.session.user
+                )
+                connection.close(CLOSE_RATE_LIMITED, "rate limit exceeded")
+                return
+            live.session.send(
+                protocol.ProtocolError("rate_limited", "too many messages: slow down").to_wire()
+            )
+            return
         if isinstance(message, str):
-            self.hub.receive(session, message)
+            self.hub.receive(live.session, message)
         else:
-            self.hub.refuse_binary(session)
+            self.hub.refuse_binary(live.session)
 
     def on_close(self, connection: ServerConnection, code: int, reason: str) -> None:
-        session = connection.context
-        if isinstance(session, Session) and session.peer is connection:
-            self.hub.disconnect(session)
-            logger.info("%s: %s disconnected (%d)", connection.peer, session.user, code)
+        live = connection.context
+        if isinstance(live, _Live):
+            self.connections.release(live.ip)
+            if live.session.peer is connection:
+                self.hub.disconnect(live.session)
+                logger.info("%s: %s disconnected (%d)", connection.peer, live.session.user, code)
 
     # --- HTTP ----------------------------------------------------------------------------------
 
@@ -217,10 +294,24 @@ class ChatServer:
         config: ServerConfig | None = None,
         *,
         static_dir: Path = STATIC_DIR,
+        settings: ChatSettings | None = None,
     ) -> None:
+        settings = settings or ChatSettings()
+        settings.validate()
+        self.settings = settings
         self.storage = Storage(database)
-        self.hub = Hub(self.storage, prepare=Server.prepare_many)
-        self.server = Server(ChatHandler(self.hub, static_dir), config or ServerConfig())
+        self.hub = Hub(
+            self.storage,
+            prepare=Server.prepare_many,
+            max_rooms=settings.limits.max_rooms_per_connection,
+        )
+        # One chat message is a JSON object of a few KiB at most: refuse bigger messages
+        # with 1009 before they are buffered (DESIGN.md: 4,000 characters of text).
+        config = dataclasses.replace(
+            config or ServerConfig(), max_message_size=settings.limits.max_message_bytes
+        )
+        self.handler = ChatHandler(self.hub, static_dir, settings)
+        self.server = Server(self.handler, config)
         self.hub.deliver = self.server.send_prepared_many
         # One transaction per loop tick, then the acks and broadcasts it allows.
         self.server.add_tick_callback(self._flush)

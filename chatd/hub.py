@@ -96,6 +96,7 @@ class Hub:
         prepare: Callable[[Sequence[str]], Any],
         deliver: Callable[[list[Any], Any], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_rooms: int = 0,
     ) -> None:
         self.storage = storage
         #: Encodes text messages once into frames every peer can send
@@ -104,6 +105,8 @@ class Hub:
         #: Sends prepared frames to many peers (``Server.send_prepared_many``, the
         #: runtime's broadcast fast path); by default, ``send_prepared`` on each.
         self.deliver = deliver or _deliver_each
+        #: Rooms one session may be in at once (0: no limit).
+        self.max_rooms = max_rooms
         self.clock = clock
         self.sessions: dict[str, Session] = {}
         #: room name -> the attached sessions in it
@@ -245,7 +248,7 @@ class Hub:
         elif isinstance(message, DirectMessage):
             self._direct_message(session, message.to, message.text, message.id)
         elif isinstance(message, Join):
-            self._join(session, message.room)
+            self._join(session, message.room, message.id)
         elif isinstance(message, Leave):
             self._leave(session, message.room, message.id)
         elif isinstance(message, Typing):
@@ -261,7 +264,11 @@ class Hub:
 
     # --- rooms -----------------------------------------------------------------------------
 
-    def _join(self, session: Session, room: str) -> None:
+    def _join(self, session: Session, room: str, message_id: str | None = None) -> None:
+        if room not in session.rooms and self.max_rooms and len(session.rooms) >= self.max_rooms:
+            raise ProtocolError(
+                "too_many_rooms", f"at most {self.max_rooms} rooms at once", message_id
+            )
         session.rooms.add(room)
         self._enter(session, room)
 
@@ -395,7 +402,7 @@ class Hub:
         if name == "join":
             if not protocol.is_valid_room(rest):
                 raise ProtocolError("bad_room", "usage: /join room", client_id)
-            self._join(session, rest)
+            self._join(session, rest, client_id)
         elif name == "leave":
             self._leave(session, room, client_id)
         elif name == "nick":
@@ -450,7 +457,7 @@ class Hub:
     def _resume(self, session: Session, message: Resume) -> None:
         for room, seq in message.rooms.items():
             if room not in session.rooms or session not in self.rooms.get(room, ()):
-                self._join(session, room)
+                self._join(session, room, message.id)
             messages, has_more = self.storage.after(room, seq, protocol.MAX_RESUME)
             session.send(
                 {

@@ -146,6 +146,17 @@ class Handler:
         """Answer a plain HTTP request on the WebSocket port. The default is 404."""
         return HttpResponse(404, b"not found\n")
 
+    def on_http_request(
+        self, connection: ServerConnection, request: Request, body: bytes
+    ) -> HttpResponse:
+        """The runtime's entry for plain HTTP: passes the request to ``on_http``.
+
+        Override this one instead when the answer depends on who asks: the peer's
+        address (``connection.remote_address``) or whether it came over TLS
+        (``connection.tls``).
+        """
+        return self.on_http(request, body)
+
 
 class _Listener:
     """``SelectorKey.data`` of a listening socket."""
@@ -267,6 +278,11 @@ class ServerConnection:
             host = address[0]
             return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
         return str(address)
+
+    @property
+    def tls(self) -> bool:
+        """True when this connection came over TLS (``wss://``, ``https://``)."""
+        return isinstance(self.sock, ssl.SSLSocket)
 
     @property
     def is_open(self) -> bool:
@@ -604,7 +620,7 @@ class ServerConnection:
         del body[self._http_body_length :]
         self._http_request = None
         try:
-            response = self.server.handler.on_http(request, bytes(body))
+            response = self.server.handler.on_http_request(self, request, bytes(body))
         except Exception:
             logger.exception(
                 "%s: HTTP handler failed for %s %s", self.peer, request.method, request.path

@@ -32,7 +32,9 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websockets_connect
 
 from chatd.app import STATIC_DIR, ChatServer
+from chatd.config import ChatSettings
 from chatd.hub import CLOSE_REPLACED, SESSION_GRACE, SHRUG, Hub
+from chatd.limits import Limits
 from chatd.protocol import MAX_TEXT
 from chatd.storage import Storage
 from rfc6455.client import Client, ConnectionClosed
@@ -44,6 +46,9 @@ TIMEOUT = 5.0
 
 #: No keepalive pings to interfere; short close handshakes so teardown is quick.
 CONFIG = ServerConfig(ping_interval=None, close_timeout=1.0)
+#: The chat tests send as fast as they can: no rate limit (tests/test_chat_limits.py
+#: tests the limits with their defaults).
+UNLIMITED = ChatSettings(limits=Limits(message_rate=0))
 
 Message = dict[str, Any]
 
@@ -59,9 +64,18 @@ class RunningChat:
     the event loop in production.
     """
 
-    def __init__(self, database: Path, *, static_dir: Path = STATIC_DIR) -> None:
+    def __init__(
+        self,
+        database: Path,
+        *,
+        static_dir: Path = STATIC_DIR,
+        settings: ChatSettings = UNLIMITED,
+        config: ServerConfig = CONFIG,
+    ) -> None:
         self.database = database
         self.static_dir = static_dir
+        self.settings = settings
+        self.config = config
         self.port = 0
         self.server: Server | None = None
         self._error: BaseException | None = None
@@ -75,7 +89,9 @@ class RunningChat:
 
     def _run(self) -> None:
         try:
-            chat = ChatServer(self.database, CONFIG, static_dir=self.static_dir)
+            chat = ChatServer(
+                self.database, self.config, static_dir=self.static_dir, settings=self.settings
+            )
             chat.server.listen("127.0.0.1", 0)
         except BaseException as error:
             self._error = error

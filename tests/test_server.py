@@ -616,6 +616,21 @@ def test_http_post_body_is_delivered(serve: Serve, raw: Any) -> None:
     assert handler.requests[0][1] == b"hello world"
 
 
+def test_on_http_request_sees_the_connection(serve: Serve, raw: Any) -> None:
+    class WhoAsks(Recorder):
+        def on_http_request(
+            self, connection: ServerConnection, request: Request, body: bytes
+        ) -> HttpResponse:
+            host = connection.remote_address[0]
+            return HttpResponse(200, f"{host} {connection.tls} {request.path}".encode())
+
+    running = serve(WhoAsks())
+    client = raw(running.port)
+    client.send(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = client.read_http()
+    assert (reply.status, reply.body) == (200, b"127.0.0.1 False /who")
+
+
 def test_http_body_over_the_limit_is_413(serve: Serve, raw: Any) -> None:
     running = serve(config=make_config(max_http_body=1000))
     client = raw(running.port)

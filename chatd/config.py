@@ -1,0 +1,36 @@
+"""What chatd enforces, in one value: auth mode, origins and traffic limits.
+
+``ChatSettings`` is built once at start-up (from the command line today) and read by the
+handler and the hub; nothing changes it while the loop runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chatd.limits import Limits
+
+__all__ = ["AUTH_MODES", "ChatSettings"]
+
+#: ``open``: a guest picks a name (local development, ``make run``); ``required``: the
+#: upgrade and the API need a valid token.
+AUTH_MODES = ("open", "required")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    """chatd's protections and their defaults (DESIGN.md's defaults table)."""
+
+    auth: str = "open"
+    #: Origins besides chatd's own whose pages may connect and call the API with
+    #: credentials (``scheme://host[:port]``).
+    allowed_origins: tuple[str, ...] = ()
+    #: Whether a handshake without ``Origin`` (not a browser) is allowed.
+    allow_missing_origin: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the setting that is wrong."""
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        self.limits.validate()
