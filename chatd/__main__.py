@@ -1,8 +1,11 @@
-"""``python -m chatd``: run the chat daemon on its embedded defaults.
+"""``python -m chatd``: the chat daemon, and the accounts of its database.
 
-SQLite at ``./var/chatd.sqlite3``, one process, http://127.0.0.1:8080. The full command
-line (``chatd serve`` with every setting) comes with the operations work; this is the
-development entry point ``make run`` uses.
+``python -m chatd [serve] [--host H] [--port P] [--db FILE] [--auth open|required] ...``
+serves; with no flags it runs on its embedded defaults (SQLite at ``./var/chatd.sqlite3``,
+one process, http://127.0.0.1:8080, guests pick a name), which is what ``make run`` does.
+``python -m chatd user add|passwd|list [NAME] [--db FILE]`` manages accounts (the
+password read without echo, or one line from stdin). The full configuration (a console
+script, environment variables, a TOML file) comes with the operations work.
 """
 
 from __future__ import annotations
@@ -17,21 +20,64 @@ from collections.abc import Sequence
 from types import FrameType
 
 from chatd import __version__
+from chatd.accounts import user_command
 from chatd.app import ChatServer
-from chatd.config import ChatSettings
+from chatd.auth import AuthError
+from chatd.config import AUTH_MODES, ChatSettings
 from chatd.limits import Limits
 from chatd.origins import OriginPolicy
 from chatd.storage import StorageError
 
 logger = logging.getLogger("chatd")
 
+#: ``make run``'s database; under systemd it lives in the state directory.
+DEFAULT_DB = "var/chatd.sqlite3"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line and serve until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m chatd", description="the chatd chat server")
+    """``serve`` (the default: serve until SIGINT or SIGTERM) or ``user`` (accounts)."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["user"]:
+        # chatd user add|passwd|list NAME [--db FILE]: the accounts of a database.
+        database = argparse.ArgumentParser(add_help=False)
+        database.add_argument("--db", default=DEFAULT_DB)
+        known, rest = database.parse_known_args(arguments[1:])
+        return user_command(rest, db_path=known.db)
+    if arguments[:1] == ["serve"]:
+        arguments = arguments[1:]
+    return serve(arguments)
+
+
+def serve(argv: Sequence[str]) -> int:
+    """Parse the serve command line and serve until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m chatd [serve]",
+        description="the chatd chat server",
+        epilog="Accounts: python -m chatd user add|passwd|list [NAME] [--db FILE]",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--db", default="var/chatd.sqlite3", help="the SQLite database file")
+    parser.add_argument("--db", default=DEFAULT_DB, help="the SQLite database file")
+    auth = parser.add_argument_group("authentication")
+    auth.add_argument(
+        "--auth",
+        choices=AUTH_MODES,
+        default="open",
+        help="open: guests pick a name (development); required: log in first",
+    )
+    auth.add_argument(
+        "--secret-file",
+        help="the token signing secret, made with mode 0600 if missing "
+        "(default: chatd-secret beside the database)",
+    )
+    auth.add_argument(
+        "--token-ttl", type=float, default=12 * 3600.0, help="seconds a login lasts (12 h)"
+    )
+    auth.add_argument(
+        "--registration",
+        action="store_true",
+        help="let visitors create accounts (POST /api/auth/register)",
+    )
     parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
@@ -81,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
 
     settings = ChatSettings(
+        auth=args.auth,
+        secret_file=args.secret_file,
+        token_ttl=args.token_ttl,
+        registration=args.registration,
         allowed_origins=tuple(args.allow_origin),
         allow_missing_origin=not args.refuse_missing_origin,
         limits=dataclasses.replace(
@@ -99,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         chat = ChatServer(args.db, settings=settings)
+    except AuthError as error:
+        print(f"cannot use the token secret: {error}", file=sys.stderr)
+        return 1
     except (OSError, sqlite3.Error, StorageError) as error:
         print(f"cannot open the database {args.db}: {error}", file=sys.stderr)
         return 1

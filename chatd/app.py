@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import mimetypes
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,15 @@ from typing import Any
 from urllib.parse import unquote
 
 from chatd import protocol
+from chatd.accounts import AccountError, Accounts, check_password, hash_password, verify_password
+from chatd.auth import (
+    LoginThrottle,
+    TokenIssuer,
+    clear_cookie,
+    load_or_create_secret,
+    session_cookie,
+    token_from_headers,
+)
 from chatd.config import ChatSettings
 from chatd.hub import Hub, Session
 from chatd.limits import ConnectionLimiter, MessageGate, Verdict
@@ -25,7 +36,15 @@ from chatd.origins import OriginPolicy
 from chatd.storage import Storage
 from rfc6455.errors import InvalidHandshake
 from rfc6455.http import Request
-from rfc6455.server import Handler, HttpResponse, Server, ServerConfig, ServerConnection
+from rfc6455.server import (
+    DeferredResponse,
+    Handler,
+    HttpResponse,
+    Server,
+    ServerConfig,
+    ServerConnection,
+)
+from rfc6455.timers import Timer
 
 __all__ = ["STATIC_DIR", "ChatHandler", "ChatServer"]
 
@@ -53,19 +72,29 @@ class _Pending:
     room: str | None
     session_id: str | None
     ip: str
+    #: The token's expiry (epoch seconds) for a logged-in user, None for a guest.
+    expires: float | None = None
 
 
 @dataclass(slots=True)
 class _Live:
-    """An open chat connection: its session, its rate gate, the address it counts for."""
+    """An open chat connection: its session, its rate gate, the address it counts for,
+    and the timer that closes it when its token expires.
+    """
 
     session: Session
     gate: MessageGate
     ip: str
+    expiry: Timer | None = None
 
 
 #: Close code and reason for a client that keeps sending past its rate limit.
 CLOSE_RATE_LIMITED = 1008
+#: Close code for a connection whose access token expired (4000-4999: the application's;
+#: 4401 echoes HTTP 401): the client logs in again.
+CLOSE_TOKEN_EXPIRED = 4401
+#: The largest body of an auth request (a user name and a password, in JSON).
+MAX_AUTH_BODY = 4096
 
 
 def _ip(connection: ServerConnection) -> str:
@@ -88,6 +117,25 @@ def _error(status: int, code: str, message: str) -> HttpResponse:
     return _json(status, {"error": {"code": code, "message": message}})
 
 
+def _credentials(request: Request, body: bytes) -> tuple[str, str] | HttpResponse:
+    """``(username, password)`` from a JSON body, or the error response that says why not."""
+    content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return _error(415, "unsupported_media_type", "send JSON (application/json)")
+    if len(body) > MAX_AUTH_BODY:
+        return _error(413, "too_large", f"at most {MAX_AUTH_BODY} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return _error(400, "bad_request", "the body is not JSON")
+    if not isinstance(data, dict):
+        return _error(400, "bad_request", "send an object with username and password")
+    username, password = data.get("username"), data.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        return _error(400, "bad_request", "username and password are strings")
+    return username, password
+
+
 def _query_int(value: str | None) -> int | None:
     """A query parameter of ASCII digits only (``int()`` would also take ``" 1_0"``)."""
     if not value or not value.isascii() or not value.isdigit() or len(value) > 20:
@@ -107,6 +155,10 @@ class ChatHandler(Handler):
         self.hub = hub
         self.static_dir = static_dir.resolve()
         self.settings = settings or ChatSettings()
+        #: Set by ``ChatServer``: accounts and tokens (None: guests only, no logins).
+        self.accounts: Accounts | None = None
+        self.tokens: TokenIssuer | None = None
+        self.throttle = LoginThrottle(self.settings.login_attempts, self.settings.login_window)
         self.origins = OriginPolicy.from_config(
             self.settings.allowed_origins, allow_missing=self.settings.allow_missing_origin
         )
@@ -133,9 +185,14 @@ class ChatHandler(Handler):
             logger.warning("%s: upgrade refused: %s (%s)", connection.peer, refusal, origins[:1])
             raise InvalidHandshake(refusal, 403)
         query = request.query
-        name = query.get("name") or "guest"
+        user, expires = self._authenticated(connection, request)
+        if user is None and self.settings.auth == "required":
+            raise InvalidHandshake("authentication required: log in first", 401)
+        name = user or query.get("name") or "guest"
         if not protocol.is_valid_name(name):
             raise InvalidHandshake("a name is 1-50 letters, digits, '-', '_' or '.'", 400)
+        if user is None and self.accounts is not None and self.accounts.exists(name):
+            raise InvalidHandshake("this name belongs to an account: log in to use it", 403)
         room = query.get("room") or None
         if room is not None and not protocol.is_valid_room(room):
             raise InvalidHandshake("a room name is 1-64 letters, digits, '-', '_' or '.'", 400)
@@ -144,14 +201,35 @@ class ChatHandler(Handler):
         if full is not None:
             logger.warning("%s: upgrade refused: %s", connection.peer, full)
             raise InvalidHandshake(full.replace("_", " "), 503)
-        connection.context = _Pending(name, room, query.get("session") or None, ip)
+        connection.context = _Pending(name, room, query.get("session") or None, ip, expires)
         return ()
+
+    def _authenticated(
+        self, connection: ServerConnection, request: Request
+    ) -> tuple[str | None, float | None]:
+        """The logged-in user a request's token names, and when the token expires; a bad
+        token is logged with why (RFC 7519 section 7.2) and counts as none.
+        """
+        if self.tokens is None:
+            return None, None
+        token = token_from_headers(request.headers.get_all("Cookie"), request.query)
+        if token is None:
+            return None, None
+        user, reason = self.tokens.verify_reason(token)
+        if user is None:
+            logger.info("%s: token refused: %s", connection.peer, reason)
+            return None, None
+        return user, self.tokens.expiry(token)
 
     def on_open(self, connection: ServerConnection) -> None:
         pending = connection.context
         assert isinstance(pending, _Pending)
         session = self.hub.connect(
-            connection, pending.name, room=pending.room, session_id=pending.session_id
+            connection,
+            pending.name,
+            room=pending.room,
+            session_id=pending.session_id,
+            authenticated=pending.expires is not None,
         )
         limits = self.settings.limits
         gate = MessageGate(
@@ -160,7 +238,14 @@ class ChatHandler(Handler):
             strikes=limits.rate_strikes,
             window=limits.strike_window,
         )
-        connection.context = _Live(session, gate, pending.ip)
+        live = _Live(session, gate, pending.ip)
+        if pending.expires is not None:
+            # A token is checked at the upgrade; a connection must not outlive it.
+            live.expiry = connection.server.call_later(
+                max(0.0, pending.expires - time.time()),
+                lambda: connection.close(CLOSE_TOKEN_EXPIRED, "token expired: log in again"),
+            )
+        connection.context = live
         logger.info("%s: %s connected (session %s)", connection.peer, session.user, session.id)
 
     def on_message(self, connection: ServerConnection, message: str | bytes) -> None:
@@ -191,11 +276,217 @@ class ChatHandler(Handler):
         live = connection.context
         if isinstance(live, _Live):
             self.connections.release(live.ip)
+            if live.expiry is not None:
+                live.expiry.cancel()
             if live.session.peer is connection:
                 self.hub.disconnect(live.session)
                 logger.info("%s: %s disconnected (%d)", connection.peer, live.session.user, code)
 
     # --- HTTP ----------------------------------------------------------------------------------
+
+    def on_http_request(
+        self, connection: ServerConnection, request: Request, body: bytes
+    ) -> HttpResponse | DeferredResponse:
+        """Auth routes, CORS for the API, then the read-only routes of ``on_http``."""
+        path = request.path
+        origins = request.headers.get_all("Origin")
+        origin = origins[0] if len(origins) == 1 else None
+        host = request.headers.get("Host")
+        cors = (
+            self.origins.cors_headers(origin, host, tls=connection.tls)
+            if path.startswith("/api/")
+            else []
+        )
+        if (
+            request.method == "OPTIONS"
+            and path.startswith("/api/")
+            and origin is not None
+            and request.headers.get("Access-Control-Request-Method") is not None
+        ):
+            # A CORS preflight (Fetch standard): only allowed origins get the grant.
+            if not cors:
+                return _error(403, "forbidden_origin", "this origin may not call the API")
+            response = HttpResponse(204)
+            response.headers += [
+                *cors,
+                ("Access-Control-Allow-Methods", "GET, POST"),
+                ("Access-Control-Allow-Headers", "Content-Type"),
+                ("Access-Control-Max-Age", "600"),
+            ]
+            return response
+        if request.method == "POST":
+            # A request that changes state, sent by a page of another origin, is refused
+            # (cross-site request forgery), whatever its cookies say.
+            if origins and self.origins.check(origin, host, tls=connection.tls) is not None:
+                logger.warning("%s: POST %s refused: foreign Origin", connection.peer, path)
+                return _error(403, "forbidden_origin", "this origin may not call the API")
+            result = self._post(connection, request, body, cors)
+            if isinstance(result, HttpResponse):
+                result.headers += cors
+            return result
+        if (
+            self.settings.auth == "required"
+            and path.startswith("/api/")
+            and path != "/api/me"
+            and self._authenticated(connection, request)[0] is None
+        ):
+            response = _error(401, "unauthenticated", "log in first")
+        elif path == "/api/me":
+            response = self._me(connection, request)
+        else:
+            response = self.on_http(request, body)
+        response.headers += cors
+        return response
+
+    # --- accounts and tokens -------------------------------------------------------------------
+
+    def _me(self, connection: ServerConnection, request: Request) -> HttpResponse:
+        user, expires = self._authenticated(connection, request)
+        about = {"auth": self.settings.auth, "registration": self._registration_open()}
+        if user is not None:
+            return _json(200, {"user": user, **about, "expires": expires})
+        if self.settings.auth == "required":
+            return _json(
+                401, {"error": {"code": "unauthenticated", "message": "log in first"}, **about}
+            )
+        return _json(200, {"user": None, **about})
+
+    def _registration_open(self) -> bool:
+        return self.settings.registration and self.accounts is not None
+
+    def _post(
+        self,
+        connection: ServerConnection,
+        request: Request,
+        body: bytes,
+        cors: list[tuple[str, str]],
+    ) -> HttpResponse | DeferredResponse:
+        path = request.path
+        if path == "/api/auth/logout":
+            response = HttpResponse(204)
+            response.headers.append(("Set-Cookie", clear_cookie(secure=self._secure(connection))))
+            response.headers.append(("Cache-Control", "no-store"))
+            return response
+        if path not in ("/api/auth/login", "/api/auth/register"):
+            if self._is_get_route(path):
+                response = _error(405, "method_not_allowed", "POST is not allowed here")
+                response.headers.append(("Allow", "GET, HEAD"))
+                return response
+            return _error(404, "not_found", f"no such resource: {path[:100]}")
+        if self.accounts is None or self.tokens is None:
+            return _error(404, "not_found", "this server has no accounts")
+        credentials = _credentials(request, body)
+        if isinstance(credentials, HttpResponse):
+            return credentials
+        username, password = credentials
+        ip = _ip(connection)
+        if not self.throttle.allowed(ip):
+            wait = math.ceil(self.throttle.retry_after(ip))
+            logger.warning("%s: login refused: too many failures", connection.peer)
+            response = _error(429, "rate_limited", f"too many attempts: retry in {wait} s")
+            response.headers.append(("Retry-After", str(wait)))
+            return response
+        if path == "/api/auth/register":
+            return self._register(connection, username, password, cors)
+        return self._login(connection, username, password, cors)
+
+    def _login(
+        self,
+        connection: ServerConnection,
+        username: str,
+        password: str,
+        cors: list[tuple[str, str]],
+    ) -> DeferredResponse:
+        """Check the password on a worker thread (scrypt takes tens of milliseconds: not
+        on the loop). An unknown user is checked against a dummy hash, so that a failure
+        takes the same time whether or not the user exists.
+        """
+        assert self.accounts is not None
+        known = protocol.is_valid_name(username) and self.accounts.exists(username)
+        stored = self.accounts.password_hash(username if known else "")
+        deferred = DeferredResponse()
+        ip = _ip(connection)
+        secure = self._secure(connection)
+
+        def done(result: bool | BaseException) -> None:
+            if result is True and known:
+                self.throttle.succeeded(ip)
+                logger.info("%s: %s logged in", connection.peer, username)
+                response = self._token_response(200, username, secure)
+            else:
+                self.throttle.failed(ip)
+                logger.warning("%s: failed login for %r", connection.peer, username[:50])
+                response = _error(401, "bad_credentials", "wrong user name or password")
+            response.headers += cors
+            deferred.complete(response)
+
+        connection.server.run_in_thread(lambda: verify_password(password, stored), done)
+        return deferred
+
+    def _register(
+        self,
+        connection: ServerConnection,
+        username: str,
+        password: str,
+        cors: list[tuple[str, str]],
+    ) -> HttpResponse | DeferredResponse:
+        """Create an account (when registration is open), hashing on a worker thread."""
+        assert self.accounts is not None
+        if not self._registration_open():
+            return _error(403, "registration_closed", "accounts are made by an administrator")
+        # Every attempt counts against the address, so that nobody mass-creates accounts.
+        ip = _ip(connection)
+        self.throttle.failed(ip)
+        if not protocol.is_valid_name(username):
+            return _error(400, "bad_name", "a name is 1-50 letters, digits, '-', '_' or '.'")
+        try:
+            check_password(password)
+        except AccountError as error:
+            return _error(400, "bad_password", str(error))
+        if self.accounts.exists(username) or username in self.hub.users:
+            return _error(409, "name_taken", f"the name {username} is taken")
+        deferred = DeferredResponse()
+        secure = self._secure(connection)
+
+        def done(result: str | BaseException) -> None:
+            assert self.accounts is not None
+            if isinstance(result, BaseException):
+                response = _error(500, "internal_error", "the account could not be made")
+            else:
+                try:
+                    self.accounts.add_hashed(username, result)
+                except AccountError:
+                    response = _error(409, "name_taken", f"the name {username} is taken")
+                else:
+                    logger.info("%s: account %s registered", connection.peer, username)
+                    response = self._token_response(201, username, secure)
+            response.headers += cors
+            deferred.complete(response)
+
+        connection.server.run_in_thread(lambda: hash_password(password), done)
+        return deferred
+
+    def _token_response(self, status: int, user: str, secure: bool) -> HttpResponse:
+        assert self.tokens is not None
+        token = self.tokens.issue(user)
+        response = _json(status, {"user": user, "expires": token.expires})
+        response.headers.append(("Set-Cookie", session_cookie(token, secure=secure)))
+        return response
+
+    def _secure(self, connection: ServerConnection) -> bool:
+        return connection.tls or self.settings.tls
+
+    @staticmethod
+    def _is_get_route(path: str) -> bool:
+        return path in {
+            "/",
+            "/index.html",
+            "/health",
+            "/ws",
+            "/api/status",
+            "/api/rooms",
+            "/api/me",
+        } or path.startswith(("/static/", "/api/rooms/"))
 
     def on_http(self, request: Request, body: bytes) -> HttpResponse:
         path = request.path
@@ -311,6 +602,12 @@ class ChatServer:
             config or ServerConfig(), max_message_size=settings.limits.max_message_bytes
         )
         self.handler = ChatHandler(self.hub, static_dir, settings)
+        self.accounts = Accounts(self.storage.connection)
+        secret_file = Path(settings.secret_file or Path(database).parent / "chatd-secret")
+        self.handler.accounts = self.accounts
+        self.handler.tokens = TokenIssuer(
+            load_or_create_secret(secret_file), ttl=settings.token_ttl
+        )
         self.server = Server(self.handler, config)
         self.hub.deliver = self.server.send_prepared_many
         # One transaction per loop tick, then the acks and broadcasts it allows.

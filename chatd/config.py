@@ -28,9 +28,25 @@ class ChatSettings:
     #: Whether a handshake without ``Origin`` (not a browser) is allowed.
     allow_missing_origin: bool = True
     limits: Limits = field(default_factory=Limits)
+    #: The file holding the token signing secret (made with mode 0600 if missing); None:
+    #: ``chatd-secret`` beside the database.
+    secret_file: str | None = None
+    #: Seconds an access token stays valid.
+    token_ttl: float = 12 * 3600.0
+    #: Whether ``POST /api/auth/register`` creates accounts (off: ``chatd user add``).
+    registration: bool = False
+    #: Failed logins allowed per client address in ``login_window`` seconds.
+    login_attempts: int = 5
+    login_window: float = 60.0
+    #: Whether the server is reached over TLS (cookies get ``Secure``).
+    tls: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting that is wrong."""
         if self.auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        if not self.token_ttl > 0:
+            raise ValueError(f"token_ttl must be positive, not {self.token_ttl!r}")
+        if self.login_attempts < 1 or not self.login_window > 0:
+            raise ValueError("login_attempts must be at least 1 and login_window positive")
         self.limits.validate()

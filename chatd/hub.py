@@ -121,10 +121,23 @@ class Hub:
     # --- sessions ------------------------------------------------------------------------
 
     def connect(
-        self, peer: Peer, name: str, *, room: str | None = None, session_id: str | None = None
+        self,
+        peer: Peer,
+        name: str,
+        *,
+        room: str | None = None,
+        session_id: str | None = None,
+        authenticated: bool = False,
     ) -> Session:
-        """Attach a new connection: resume ``session_id`` if it is known, else a new one."""
+        """Attach a new connection: resume ``session_id`` if it is known, else a new one.
+
+        ``authenticated``: ``name`` is a logged-in user's, not a guest's pick. Such a user
+        may have several sessions (tabs) under the one name, so it gets no suffix, and a
+        session id only resumes a session of that same user.
+        """
         session = self.sessions.get(session_id) if session_id else None
+        if session is not None and authenticated and session.user != name:
+            session = None  # someone else's session: never taken over by id alone
         # Rooms where others already see this session: a replaced connection is swapped
         # without presence (no "online" or "join" that no "offline" or "leave" preceded).
         present: set[str] = set()
@@ -134,11 +147,16 @@ class Hub:
                 present = set(session.rooms)
                 self._detach(session, announce=False)
                 old.close(CLOSE_REPLACED, "replaced by a newer connection")
-            if session.user in self.users and session not in self.users[session.user]:
+            if (
+                not authenticated
+                and session.user in self.users
+                and session not in self.users[session.user]
+            ):
                 # Someone else took the name while this session was away.
                 session.user = self._unique_name(session.user)
         else:
-            session = Session(secrets.token_urlsafe(12), self._unique_name(name), None)
+            user = name if authenticated else self._unique_name(name)
+            session = Session(secrets.token_urlsafe(12), user, None)
             session.rooms.add(LOBBY)
             self.sessions[session.id] = session
         session.peer = peer

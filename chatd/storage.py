@@ -112,6 +112,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (room, user)
     ) WITHOUT ROWID;
     """,
+    # 2: password accounts (chatd/accounts.py), kept apart from ``users``, which records every
+    # name seen, guests of the ``open`` auth mode included. ``password`` is the whole
+    # ``scrypt$n$r$p$salt$hash`` string; ``created`` is in milliseconds since the epoch.
+    """
+    CREATE TABLE accounts (
+        name TEXT PRIMARY KEY,
+        password TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        is_admin INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    """,
 )
 
 #: The schema version this code writes.

@@ -23,9 +23,11 @@ import selectors
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from rfc6455.codes import CloseCode, Opcode
 from rfc6455.connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Role, State
@@ -61,6 +63,8 @@ __all__ = [
 
 logger = logging.getLogger("rfc6455.server")
 
+T = TypeVar("T")
+
 #: Seconds to stop accepting after running out of file descriptors or memory; retrying
 #: at once would spin the loop (the listener stays readable) and flood the log.
 ACCEPT_RETRY_DELAY = 1.0
@@ -95,6 +99,8 @@ class ServerConfig:
     slow_consumer_code: int = CloseCode.TRY_AGAIN_LATER
     backlog: int = 1024
     server_header: str | None = "rfc6455"
+    #: Threads for ``Server.run_in_thread`` (started on first use).
+    worker_threads: int = 2
 
     def __post_init__(self) -> None:
         if self.slow_consumer_code not in (CloseCode.POLICY_VIOLATION, CloseCode.TRY_AGAIN_LATER):
@@ -104,6 +110,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive")
         if self.write_limit < 1024:
             raise ValueError("write_limit must be at least 1024 bytes")
+        if self.worker_threads < 1:
+            raise ValueError("worker_threads must be at least 1")
 
 
 @dataclass(slots=True)
@@ -114,6 +122,31 @@ class HttpResponse:
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+class DeferredResponse:
+    """An HTTP answer that comes later, for work that must not run on the loop (a
+    password hash): ``Handler.on_http_request`` returns it, and whoever finishes the work
+    calls ``complete`` on the loop thread (``Server.run_in_thread`` arranges that).
+    Meanwhile the connection reads nothing more (a pipelined request waits its turn).
+    """
+
+    __slots__ = ("_connection", "_keep_alive", "_rest", "response")
+
+    def __init__(self) -> None:
+        self.response: HttpResponse | None = None
+        self._connection: ServerConnection | None = None
+        self._keep_alive = False
+        self._rest = b""
+
+    def complete(self, response: HttpResponse) -> None:
+        """Send ``response`` (loop thread only); a connection gone meanwhile is ignored."""
+        if self.response is not None:
+            return
+        self.response = response
+        connection = self._connection
+        if connection is not None:
+            connection._complete_deferred(self)
 
 
 class Handler:
@@ -148,12 +181,13 @@ class Handler:
 
     def on_http_request(
         self, connection: ServerConnection, request: Request, body: bytes
-    ) -> HttpResponse:
+    ) -> HttpResponse | DeferredResponse:
         """The runtime's entry for plain HTTP: passes the request to ``on_http``.
 
         Override this one instead when the answer depends on who asks: the peer's
         address (``connection.remote_address``) or whether it came over TLS
-        (``connection.tls``).
+        (``connection.tls``), or when it takes work that must leave the loop: return a
+        ``DeferredResponse`` and complete it later.
         """
         return self.on_http(request, body)
 
@@ -206,6 +240,7 @@ class ServerConnection:
     __slots__ = (
         "_close_after_flush",
         "_close_timer",
+        "_deferred",
         "_handshake_timer",
         "_http_body",
         "_http_body_length",
@@ -258,6 +293,7 @@ class ServerConnection:
         self._http_body = bytearray()
         self._http_body_length = 0
         self._replay = b""  # bytes after a keep-alive HTTP request, for the next one
+        self._deferred: DeferredResponse | None = None  # an HTTP answer still being worked on
         self._handshake_timer: Timer | None = None
         self._ping_timer: Timer | None = None
         self._pong_timer: Timer | None = None
@@ -493,6 +529,13 @@ class ServerConnection:
         while data:
             if self._close_after_flush or self.closed:
                 return  # the last answer is queued or sent; nothing the peer adds matters
+            if self._deferred is not None:
+                # An answer is being worked on: hold what follows, within a request's size.
+                self._replay += data
+                config = self.server.config
+                if len(self._replay) > config.http_limits.max_head_size + config.max_http_body:
+                    self._abort("too much pipelined while an answer was pending")
+                return
             if self._http_request is not None:
                 self._receive_http_body(data)
             else:
@@ -629,6 +672,28 @@ class ServerConnection:
         keep_alive = request.version == "HTTP/1.1" and "close" not in request.headers.tokens(
             "Connection"
         )
+        if isinstance(response, DeferredResponse):
+            if response.response is None:
+                response._connection = self
+                response._keep_alive = keep_alive
+                response._rest = rest
+                self._deferred = response
+                return
+            response = response.response  # completed already
+        self._finish_http(response, keep_alive, rest)
+
+    def _complete_deferred(self, deferred: DeferredResponse) -> None:
+        if self.closed or self._deferred is not deferred:
+            return
+        assert deferred.response is not None
+        self._deferred = None
+        held, self._replay = self._replay, b""
+        self._finish_http(deferred.response, deferred._keep_alive, deferred._rest + held)
+        data, self._replay = self._replay, b""
+        if data:
+            self._receive(data)
+
+    def _finish_http(self, response: HttpResponse, keep_alive: bool, rest: bytes) -> None:
         self._respond_http(response, keep_alive)
         if keep_alive and not self.closed:
             # HTTP/1.1 persistent connection: a fresh protocol object for the next request.
@@ -851,6 +916,8 @@ class Server:
         self.connections: set[ServerConnection] = set()
         self._dirty: list[ServerConnection] = []
         self._tick_callbacks: list[Callable[[], None]] = []
+        self._soon: deque[Callable[[], None]] = deque()
+        self._executor: ThreadPoolExecutor | None = None
         self._wakeup = _Wakeup()
         self._selector.register(self._wakeup.reader, selectors.EVENT_READ, self._wakeup)
         self._stopping = False
@@ -1045,6 +1112,30 @@ class Server:
         """Run ``callback`` on the loop after ``delay`` seconds."""
         return self._timers.call_later(delay, callback)
 
+    def call_soon_threadsafe(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop thread at its next tick; safe from any thread."""
+        self._soon.append(callback)
+        self._wakeup.wake()
+
+    def run_in_thread(
+        self, work: Callable[[], T], done: Callable[[T | BaseException], None]
+    ) -> None:
+        """Run ``work`` on a worker thread (blocking or CPU-heavy work, such as a password
+        hash, that must not stall the loop), then ``done(result or exception)`` on the
+        loop thread. ``work`` must not touch the loop's state.
+        """
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.config.worker_threads, thread_name_prefix="rfc6455-worker"
+            )
+
+        def finished(future: Future[T]) -> None:
+            error = future.exception()
+            outcome: T | BaseException = error if error is not None else future.result()
+            self.call_soon_threadsafe(lambda: done(outcome))
+
+        self._executor.submit(work).add_done_callback(finished)
+
     def run_once(self, max_wait: float | None = 1.0) -> None:
         """One loop tick: wait for I/O or the next timer, handle it, flush writes."""
         timeout = self._timers.timeout(max_wait)
@@ -1055,6 +1146,7 @@ class Server:
                 continue
             if isinstance(data, _Wakeup):
                 data.drain()
+                self._run_soon()
                 continue
             connection: ServerConnection = data
             try:
@@ -1075,6 +1167,16 @@ class Server:
         self._flush()
         if self._shutdown_requested and not self._stopping:
             self._begin_shutdown()
+
+    def _run_soon(self) -> None:
+        """Run what other threads handed to the loop (``call_soon_threadsafe``)."""
+        soon = self._soon
+        for _ in range(len(soon)):  # what is there now; later ones wake the loop again
+            callback = soon.popleft()
+            try:
+                callback()
+            except Exception:
+                logger.exception("callback %r failed", callback)
 
     def _flush(self) -> None:
         dirty = self._dirty
@@ -1118,6 +1220,8 @@ class Server:
             self.run_once(min(remaining, 0.1))
         for connection in list(self.connections):
             connection._abort("shutdown deadline")
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
         self._selector.close()
         self._wakeup.close()
 

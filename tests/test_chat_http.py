@@ -73,7 +73,10 @@ def request(
         name, _, value = line.partition(":")
         assert name.lower() not in fields, f"repeated header {name}"
         fields[name.lower()] = value.strip()
-    if method != "HEAD":
+    if int(status) in (204, 304):  # RFC 9110 section 8.6: no Content-Length, no content
+        assert "content-length" not in fields
+        assert content == b""
+    elif method != "HEAD":
         assert int(fields["content-length"]) == len(content)
     return Reply(int(status), fields, content)
 

@@ -39,6 +39,7 @@ from rfc6455.echo import EchoHandler
 from rfc6455.errors import InvalidHandshake
 from rfc6455.http import Request
 from rfc6455.server import (
+    DeferredResponse,
     Handler,
     HttpResponse,
     Server,
@@ -629,6 +630,97 @@ def test_on_http_request_sees_the_connection(serve: Serve, raw: Any) -> None:
     client.send(b"GET /who HTTP/1.1\r\nHost: x\r\n\r\n")
     reply = client.read_http()
     assert (reply.status, reply.body) == (200, b"127.0.0.1 False /who")
+
+
+class SlowHash(Recorder):
+    """Answers ``POST /slow`` after work on a worker thread, everything else at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.worker_threads: list[str] = []
+
+    def on_http_request(
+        self, connection: ServerConnection, request: Request, body: bytes
+    ) -> HttpResponse | DeferredResponse:
+        if request.path != "/slow":
+            return HttpResponse(200, b"fast " + request.path.encode())
+        deferred = DeferredResponse()
+
+        def work() -> bytes:
+            self.worker_threads.append(threading.current_thread().name)
+            assert self.release.wait(TIMEOUT)
+            if body == b"boom":
+                raise ValueError("the work failed")
+            return body.upper()
+
+        def done(result: bytes | BaseException) -> None:
+            assert threading.current_thread().name == "test-server"  # the loop thread
+            if isinstance(result, BaseException):
+                deferred.complete(HttpResponse(500, str(result).encode()))
+            else:
+                deferred.complete(HttpResponse(200, result))
+
+        connection.server.run_in_thread(work, done)
+        return deferred
+
+
+def test_deferred_response_waits_for_the_worker_and_keeps_the_order(serve: Serve, raw: Any) -> None:
+    handler = SlowHash()
+    running = serve(handler)
+    slow = raw(running.port)
+    # A pipelined GET behind the slow POST must be answered after it, not before.
+    slow.send(
+        b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /next HTTP/1.1\r\n\r\n"
+    )
+    # Meanwhile the loop serves everyone else.
+    other = raw(running.port)
+    other.send(b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert other.read_http().body == b"fast /other"
+    handler.release.set()
+    first = slow.read_http()
+    assert (first.status, first.body) == (200, b"ABC")
+    assert slow.read_http().body == b"fast /next"
+    assert handler.worker_threads[0].startswith("rfc6455-worker")
+
+
+def test_deferred_response_reports_a_failed_work(serve: Serve, raw: Any) -> None:
+    handler = SlowHash()
+    handler.release.set()
+    running = serve(handler)
+    client = raw(running.port)
+    client.send(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nboom")
+    reply = client.read_http()
+    assert (reply.status, reply.body) == (500, b"the work failed")
+
+
+def test_deferred_response_to_a_peer_that_left_is_dropped(serve: Serve, raw: Any) -> None:
+    handler = SlowHash()
+    running = serve(handler)
+    client = raw(running.port)
+    client.send(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx")
+    time.sleep(0.1)
+    client.close()
+    time.sleep(0.1)
+    handler.release.set()
+    # The server carries on: a new request is answered.
+    again = raw(running.port)
+    again.send(b"GET /alive HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert again.read_http().body == b"fast /alive"
+
+
+def test_call_soon_threadsafe_runs_on_the_loop(serve: Serve) -> None:
+    running = serve()
+    seen: list[str] = []
+    ran = threading.Event()
+
+    def on_loop() -> None:
+        seen.append(threading.current_thread().name)
+        ran.set()
+
+    threading.Thread(target=running.server.call_soon_threadsafe, args=(on_loop,)).start()
+    assert ran.wait(TIMEOUT)
+    assert seen == ["test-server"]
 
 
 def test_http_body_over_the_limit_is_413(serve: Serve, raw: Any) -> None:

@@ -86,26 +86,26 @@ def test_bad_options(path: Path, options: dict[str, object]) -> None:
 
 def test_creates_the_directory_and_records_the_schema_version(store: Storage, path: Path) -> None:
     assert path.parent.is_dir()
-    assert store.schema_version() == SCHEMA_VERSION == 1
+    assert store.schema_version() == SCHEMA_VERSION == 2
     with reader(path) as db:
         rows = db.execute("SELECT version, applied FROM schema_version").fetchall()
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_schema")}
-    assert [version for version, _ in rows] == [1]
+    assert [version for version, _ in rows] == [1, 2]
     assert rows[0][1] > 1_600_000_000_000  # milliseconds since the epoch
-    assert {"users", "rooms", "messages", "dms", "receipts", "schema_version"} <= tables
+    assert {"users", "rooms", "messages", "dms", "receipts", "accounts", "schema_version"} <= tables
 
 
 def test_reopening_does_not_migrate_again(path: Path) -> None:
     Storage(path).close()
     Storage(path).close()
-    assert count(path, "schema_version") == 1
+    assert count(path, "schema_version") == SCHEMA_VERSION
 
 
 def test_a_newer_schema_is_refused(path: Path) -> None:
     Storage(path).close()
     with reader(path) as db:
         db.execute("INSERT INTO schema_version VALUES (99, 0)")
-    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 1.*newer chatd"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 99.*up to 2.*newer chatd"):
         Storage(path)
     # Nothing was left locked or half done: the file still opens with a compatible schema.
     with reader(path) as db:
@@ -120,13 +120,14 @@ def test_migrations_apply_in_order_each_in_one_transaction(
     second = "CREATE TABLE extra (x INTEGER); -- a comment\nCREATE INDEX extra_x ON extra (x);"
     broken = "CREATE TABLE half (x INTEGER);\nCREATE TABLE half (x INTEGER);"
     monkeypatch.setattr(storage_module, "MIGRATIONS", (*storage_module.MIGRATIONS, second, broken))
-    monkeypatch.setattr(storage_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(storage_module, "SCHEMA_VERSION", SCHEMA_VERSION + 2)
     with pytest.raises(sqlite3.OperationalError, match="already exists"):
         Storage(path)
     with reader(path) as db:
         versions = [v for (v,) in db.execute("SELECT version FROM schema_version ORDER BY 1")]
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_schema")}
-    assert versions == [1, 2]  # migration 2 is in, migration 3 left nothing behind
+    # The added migration is in, the broken one after it left nothing behind.
+    assert versions == [*range(1, SCHEMA_VERSION + 2)]
     assert "extra_x" in tables
     assert "half" not in tables
 
