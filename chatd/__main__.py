@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import signal
 import sqlite3
+import ssl
 import sys
 from collections.abc import Sequence
 from types import FrameType
@@ -27,6 +28,10 @@ from chatd.config import AUTH_MODES, ChatSettings
 from chatd.limits import Limits
 from chatd.origins import OriginPolicy
 from chatd.storage import StorageError
+from tls import server_context
+from tls.__main__ import DEFAULT_DIRECTORY as TLS_DIRECTORY
+from tls.__main__ import main as tls_main
+from tls.mkcert import DEFAULT_HOSTS, ensure_certificates
 
 logger = logging.getLogger("chatd")
 
@@ -43,9 +48,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         database.add_argument("--db", default=DEFAULT_DB)
         known, rest = database.parse_known_args(arguments[1:])
         return user_command(rest, db_path=known.db)
+    if arguments[:1] == ["cert"]:
+        # chatd cert [--dir DIR] [--host HOST ...]: certificates for wss://, and how to
+        # trust their CA (mkcert when installed, else a local CA).
+        return tls_main(arguments[1:], prog="python -m chatd cert")
     if arguments[:1] == ["serve"]:
         arguments = arguments[1:]
     return serve(arguments)
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server's TLS context from --certfile/--keyfile or --tls, or None for plain."""
+    if (args.certfile is None) != (args.keyfile is None):
+        raise ValueError("--certfile and --keyfile go together")
+    if args.certfile is not None:
+        return server_context(args.certfile, args.keyfile)
+    if not args.tls:
+        return None
+    hosts = list(DEFAULT_HOSTS)
+    if args.host not in hosts and args.host not in ("0.0.0.0", "::"):
+        hosts.append(args.host)
+    files = ensure_certificates(args.cert_dir, hosts)
+    logger.info("TLS certificate %s (issued by %s)", files.certfile, files.issuer)
+    return server_context(files.certfile, files.keyfile)
 
 
 def serve(argv: Sequence[str]) -> int:
@@ -56,7 +81,17 @@ def serve(argv: Sequence[str]) -> int:
         epilog="Accounts: python -m chatd user add|passwd|list [NAME] [--db FILE]",
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=int, help="default 8080, or 8443 with TLS")
+    secure = parser.add_argument_group("TLS (wss:// and https://)")
+    secure.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve TLS with a certificate from --cert-dir, made there if missing "
+        "(mkcert when installed, else a local CA: see 'python -m chatd cert')",
+    )
+    secure.add_argument("--cert-dir", default=str(TLS_DIRECTORY), help="(default %(default)s)")
+    secure.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
+    secure.add_argument("--keyfile", help="the certificate's private key (PEM)")
     parser.add_argument("--db", default=DEFAULT_DB, help="the SQLite database file")
     auth = parser.add_argument_group("authentication")
     auth.add_argument(
@@ -126,7 +161,14 @@ def serve(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
 
+    try:
+        context = _tls_context(args)
+    except (OSError, ssl.SSLError, ValueError) as error:
+        print(f"cannot set up TLS: {error}", file=sys.stderr)
+        return 1
+    port = args.port if args.port is not None else (8443 if context is not None else 8080)
     settings = ChatSettings(
+        tls=context is not None,
         auth=args.auth,
         secret_file=args.secret_file,
         token_ttl=args.token_ttl,
@@ -156,9 +198,9 @@ def serve(argv: Sequence[str]) -> int:
         print(f"cannot open the database {args.db}: {error}", file=sys.stderr)
         return 1
     try:
-        chat.server.listen(args.host, args.port)
+        chat.server.listen(args.host, port, ssl_context=context)
     except OSError as error:
-        print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+        print(f"cannot listen on {args.host}:{port}: {error}", file=sys.stderr)
         chat.close()
         return 1
 
@@ -169,8 +211,9 @@ def serve(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     host = f"[{args.host}]" if ":" in args.host else args.host
     logger.info(
-        "chatd %s listening on http://%s:%d/ (database %s)",
+        "chatd %s listening on %s://%s:%d/ (database %s)",
         __version__,
+        "https" if context is not None else "http",
         host,
         chat.server.addresses[0][1],
         args.db,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import selectors
 import socket
 import ssl
@@ -68,6 +69,16 @@ T = TypeVar("T")
 #: Seconds to stop accepting after running out of file descriptors or memory; retrying
 #: at once would spin the loop (the listener stays readable) and flood the log.
 ACCEPT_RETRY_DELAY = 1.0
+
+#: The answer to a plain HTTP request on a TLS port, written below TLS.
+PLAIN_HTTP_ON_TLS = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 46\r\n"
+    b"Connection: close\r\n"
+    b"\r\n"
+    b"This port speaks TLS: use https:// or wss://.\n"
+)
 
 #: How much one ``recv`` reads. Also the most a connection reads per loop tick, so one
 #: busy peer cannot starve the others.
@@ -821,6 +832,16 @@ class ServerConnection:
         except (ssl.SSLError, OSError) as error:
             self.server.stats["tls_failures"] += 1
             reason = getattr(error, "reason", None) or error
+            if reason == "HTTP_REQUEST":
+                # Plain HTTP on the TLS port (OpenSSL recognizes the request line): say so
+                # in plain HTTP, below TLS, rather than leave the client with a bare reset.
+                with contextlib.suppress(OSError):
+                    os.write(sock.fileno(), PLAIN_HTTP_ON_TLS)
+                    # Read the rest of the request first: closing over unread bytes would
+                    # send an RST, which can destroy the answer before the client reads it.
+                    for _ in range(4):
+                        if not os.read(sock.fileno(), READ_SIZE):
+                            break
             self._abort(f"TLS handshake failed: {reason}")
             return
         self._tls_handshaking = False
