@@ -187,3 +187,43 @@ def test_websockets_peer_sees_1008_reason(start: type[RunningChat]) -> None:
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1008
     assert closed.value.rcvd.reason == "rate limit exceeded"
+
+
+def test_a_client_that_stops_reading_is_dropped_and_the_others_keep_chatting(
+    start: type[RunningChat],
+) -> None:
+    chat = start(ChatSettings(limits=dataclasses.replace(DEFAULTS, message_rate=0)))
+    # A client that joins and then never reads, with a small receive buffer.
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", chat.port))
+    stuck.sendall(
+        (
+            f"GET /ws?name=stuck HTTP/1.1\r\nHost: 127.0.0.1:{chat.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    alice = RfcChatter(chat.url("name=alice"))
+    bob = RfcChatter(chat.url("name=bob"))
+    text = "z" * 3900
+    try:
+        # 2,000 messages of about 4 KB: 8 MB for the stuck client, past what the kernel
+        # buffers on loopback (up to 4 MB) and its 1 MiB write limit. The others read as
+        # they go, in batches of 100, so that only the stuck one falls behind.
+        for batch in range(20):
+            numbers = range(batch * 100, batch * 100 + 100)
+            for number in numbers:
+                ack = alice.say("lobby", text, f"m{number}")
+                assert ack["seq"] == number + 1
+            for number in numbers:
+                assert bob.expect("message", id=f"m{number}")["seq"] == number + 1
+            alice.inbox.clear()
+        server = chat.server
+        assert server is not None
+        assert server.stats["slow_consumers"] == 1
+        assert bob.say("lobby", "after", "after")["seq"] == 2001
+    finally:
+        stuck.close()
+        alice.close()
+        bob.close()
