@@ -4,6 +4,9 @@
 // page shows comes from `state` below; the DOM is updated from it by small keyed
 // renderers, and every piece of user or server text goes in through `textContent`
 // (never innerHTML), so a message is always shown literally.
+//
+// Before any of that, GET /api/me says how the server admits people (see
+// "authentication" below): a guest picks a name, or a user logs in.
 
 // --- constants --------------------------------------------------------------------------
 
@@ -24,12 +27,25 @@ const RECEIPT_DEBOUNCE_MS = 800;
 const NEAR_BOTTOM_PX = 80; // "at the bottom" for auto-scrolling
 const NEAR_TOP_PX = 60; // scrolled to the top: load older messages
 const CLOSE_REPLACED = 4001; // server: this session was taken over by a newer connection
+const CLOSE_TOKEN_EXPIRED = 4401; // server: the login token expired, log in again
+const REQUEST_TIMEOUT_MS = 10_000; // an API request (/api/me, login, logout) is given up
+const PASSWORD_MIN = 8; // registration: the server's password length rule, in characters
+const PASSWORD_MAX = 1024;
 
 // --- state ------------------------------------------------------------------------------
 
 /** All the page knows. Exposed as `window.chatd.state` for end-to-end tests. */
 const state = {
-  name: null, // the name asked for (kept in localStorage)
+  view: null, // the screen shown: null (asking /api/me) | boot | name | login | chat
+  auth: {
+    mode: null, // "open" (a guest picks a name) or "required" (log in), from /api/me
+    user: null, // who the login cookie is for (required mode)
+    expires: 0, // when that login ends (unix seconds; the server decides, this informs)
+    registration: false, // the server lets people create an account
+    registering: false, // the login form creates an account instead of logging in
+    busy: false, // a login, register or logout request is in flight
+  },
+  name: null, // the name asked for (kept in localStorage in open mode)
   me: null, // the name the server gave us (`welcome.user`; may carry a suffix)
   session: null, // `welcome.session`, sent back as ?session= to resume
   limits: { max_text: 4000, max_name: 50, history_page: 50 },
@@ -285,7 +301,9 @@ function wsUrl() {
   const url = new URL("/ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   url.search = "";
-  url.searchParams.set("name", state.name);
+  // With a login the server takes the name from the token (the cookie goes with the
+  // upgrade by itself); a guest asks for one.
+  if (state.auth.mode !== "required") url.searchParams.set("name", state.name);
   // Reconnecting: the server replaces that session and keeps its rooms (protocol: session).
   if (state.session) url.searchParams.set("session", state.session);
   return url.href;
@@ -294,7 +312,7 @@ function wsUrl() {
 function connect() {
   const conn = state.conn;
   clearTimeout(conn.retryTimer);
-  if (conn.ws || !state.name) return;
+  if (conn.ws || state.view !== "chat") return;
   let ws;
   try {
     ws = new WebSocket(wsUrl());
@@ -307,6 +325,12 @@ function connect() {
   conn.connectTimer = setTimeout(() => {
     if (conn.ws === ws) abandon("connection timed out");
   }, CONNECT_TIMEOUT_MS);
+  // A socket refused before the upgrade closes with 1006 and nothing else to tell it
+  // from a network failure; with a login, that is when /api/me is asked why.
+  let upgraded = false;
+  ws.onopen = () => {
+    upgraded = true;
+  };
   // Every handler checks that `ws` is still the current socket: an abandoned socket
   // may still report events afterwards.
   ws.onmessage = (event) => {
@@ -317,7 +341,7 @@ function connect() {
   ws.onclose = (event) => {
     if (conn.ws !== ws) return;
     conn.ws = null;
-    disconnected(event.code);
+    disconnected(event.code, { upgraded });
   };
   ws.onerror = () => {
     /* a close event follows */
@@ -338,8 +362,29 @@ function abandon(reason) {
   disconnected(1006);
 }
 
-function disconnected(code) {
+function disconnected(code, { upgraded = true } = {}) {
   const conn = state.conn;
+  releaseConnection();
+  if (code === CLOSE_REPLACED) {
+    // The same session was opened elsewhere: reconnecting would take it back, so ask.
+    conn.status = "replaced";
+  } else if (code === CLOSE_TOKEN_EXPIRED) {
+    conn.status = "closed";
+    loginExpired();
+  } else if (loginMayHaveEnded(upgraded)) {
+    conn.status = "closed";
+    recheckLogin();
+  } else {
+    conn.status = "closed";
+    scheduleReconnect();
+  }
+  render();
+}
+
+/** What a socket leaves behind when it goes: its timers, and requests it cannot answer. */
+function releaseConnection() {
+  const conn = state.conn;
+  clearTimeout(conn.retryTimer);
   clearTimeout(conn.connectTimer);
   clearTimeout(conn.stableTimer);
   clearInterval(conn.pingTimer);
@@ -348,14 +393,20 @@ function disconnected(code) {
   for (const room of state.rooms.values()) room.olderRequest = null; // never answered now
   // Sent but not acknowledged: resent with the same id after reconnecting.
   for (const entry of state.outbox) if (entry.status === "sent") entry.status = "queued";
-  if (code === CLOSE_REPLACED) {
-    // The same session was opened elsewhere: reconnecting would take it back, so ask.
-    conn.status = "replaced";
-  } else {
-    conn.status = "closed";
-    scheduleReconnect();
+}
+
+/** Close the socket for good (logout, expired login): no reconnect follows. */
+function stopConnection(reason) {
+  const conn = state.conn;
+  const ws = conn.ws;
+  conn.ws = null; // its late events are ignored: every handler checks conn.ws
+  try {
+    ws?.close(1000, reason);
+  } catch {
+    /* already closing */
   }
-  render();
+  releaseConnection();
+  conn.status = "idle";
 }
 
 function backoffDelay(attempt) {
@@ -374,7 +425,7 @@ function scheduleReconnect() {
 /** Reconnect at once (the `online` event, the "Reconnect now" button). */
 function reconnectNow() {
   const conn = state.conn;
-  if (!state.name) return;
+  if (state.view !== "chat") return;
   if (conn.ws && conn.status === "open") {
     probe(); // the socket may be stale after a network change: let the watchdog decide
     return;
@@ -667,7 +718,7 @@ function rename(old, user) {
   if (old === state.me) {
     state.me = user;
     state.name = user;
-    saveName(user);
+    if (state.auth.mode !== "required") saveName(user);
     addLocal(currentConv(), "system", `You are now known as ${user}`);
   }
 }
@@ -1038,6 +1089,7 @@ function renderConnection() {
   } else if (status !== "open" && (state.conn.everOpened || attempt > 0)) {
     text = `Connection lost. Reconnecting…${waiting}`;
   }
+  if (state.view !== "chat") text = ""; // a form is shown: nothing is connecting
   setBanner(text, button);
 }
 
@@ -1488,16 +1540,377 @@ function sidebarIsOverlay() {
   return narrow.matches && document.body.classList.contains("sidebar-open");
 }
 
+// --- authentication -----------------------------------------------------------------------
+//
+// The server admits people in one of two ways, and GET /api/me says which:
+//   "open"      a guest picks a name (the name form), as chatd always did;
+//   "required"  the /ws upgrade and the API need a login. The server keeps its token in
+//               an HttpOnly cookie set at login: this page never sees it, the browser
+//               sends it with every same-origin request and the upgrade by itself.
+// A login ends by itself (the token expires): the server then closes the socket with
+// 4401, or refuses the next upgrade, which a browser reports only as 1006, so /api/me is
+// asked why. Either way the login form comes back while the chat stays as it was (the
+// message box, the unsent messages, the session to resume) for when the same user is
+// back.
+
+let bootAttempt = 0;
+let bootTimer = 0;
+
+/** A same-origin JSON request: {status, body, response}, or null if nothing answered. */
+async function api(path, { method = "GET", json } = {}) {
+  const init = {
+    method,
+    credentials: "same-origin", // the login cookie goes with it (the default, made explicit)
+    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+  };
+  if (json !== undefined) {
+    init.headers = { "Content-Type": "application/json" };
+    init.body = JSON.stringify(json);
+  }
+  try {
+    const response = await fetch(path, init);
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      /* 204 No Content, or not JSON */
+    }
+    return { status: response.status, body, response };
+  } catch {
+    return null; // offline, refused or timed out
+  }
+}
+
+/** Ask the server how it admits people, and whether our cookie logs us in; show that. */
+async function boot() {
+  clearTimeout(bootTimer);
+  const me = await api("/api/me");
+  const auth = state.auth;
+  const required = me?.status === 401 || (me?.status === 200 && me.body?.auth === "required");
+  if (me?.status === 404 || (me?.status === 200 && me.body?.auth === "open")) {
+    // 404: a chatd from before logins, which is open.
+    auth.mode = "open";
+    showNameForm();
+  } else if (required) {
+    auth.mode = "required";
+    auth.registration = Boolean(me.body?.registration);
+    // A cookie still good from an earlier visit: straight to the chat, no form at all.
+    if (me.status === 200 && me.body.user) loggedIn(me.body.user, me.body.expires);
+    else showLoginForm();
+  } else {
+    // Unreachable, or an answer we cannot read (a proxy's 502): try again with backoff.
+    ui.bootStatus.textContent = "Cannot reach the chat server. Trying again…";
+    showView("boot");
+    bootTimer = setTimeout(boot, backoffDelay(bootAttempt++));
+  }
+}
+
+function showNameForm() {
+  showView("name");
+  const saved = loadName();
+  if (saved && NAME_RE.test(saved) && !ui.nameInput.value) ui.nameInput.value = saved;
+  ui.nameInput.focus();
+  ui.nameInput.select();
+}
+
+/** The login form, with `notice` (why it is shown again); focus in the first empty field. */
+function showLoginForm({ notice = "" } = {}) {
+  showView("login");
+  renderLoginForm();
+  setLoginError("");
+  setNotice(notice);
+  (ui.loginUsername.value ? ui.loginPassword : ui.loginUsername).focus();
+}
+
+function renderLoginForm() {
+  const { registration, busy } = state.auth;
+  const register = state.auth.registering && registration;
+  ui.loginIntro.textContent = register
+    ? "Create an account to join the chat."
+    : "Log in to join the chat.";
+  if (busy) ui.loginSubmit.textContent = register ? "Creating the account…" : "Logging in…";
+  else ui.loginSubmit.textContent = register ? "Create the account" : "Log in";
+  ui.loginForm.setAttribute("aria-busy", String(busy));
+  // Password managers offer a new password only for autocomplete="new-password".
+  ui.loginPassword.setAttribute("autocomplete", register ? "new-password" : "current-password");
+  ui.passwordHint.hidden = !register;
+  // A hidden element named in aria-describedby is still read out: name it only if shown.
+  ui.loginPassword.setAttribute(
+    "aria-describedby",
+    register ? "password-hint login-error" : "login-error",
+  );
+  ui.registerSwitch.hidden = !registration;
+  ui.registerQuestion.textContent = register ? "Already have an account?" : "No account yet?";
+  ui.registerToggle.textContent = register ? "Log in" : "Register";
+}
+
+function toggleRegistering() {
+  state.auth.registering = !state.auth.registering;
+  renderLoginForm();
+  setLoginError("");
+  ui.loginUsername.focus();
+}
+
+let noticeTimer = 0;
+
+/** Why the login form is back (expired, logged out): a polite status, not an error. */
+function setNotice(text) {
+  clearTimeout(noticeTimer);
+  ui.loginNotice.hidden = !text;
+  ui.loginNotice.textContent = "";
+  if (!text) return;
+  // Filled once shown, so that screen readers announce it (as the offline banner).
+  noticeTimer = setTimeout(() => {
+    ui.loginNotice.textContent = text;
+  }, 50);
+}
+
+/**
+ * Show `text` in the form's alert (empty: none) and mark `fields` invalid, focusing the
+ * first. The alert was emptied when the request went out, so the same error twice is
+ * announced twice.
+ */
+function setLoginError(text, fields = []) {
+  ui.loginError.textContent = text;
+  for (const input of [ui.loginUsername, ui.loginPassword]) {
+    if (fields.includes(input)) input.setAttribute("aria-invalid", "true");
+    else clearInvalid(input);
+  }
+  fields[0]?.focus();
+}
+
+function clearInvalid(input) {
+  input.removeAttribute("aria-invalid");
+}
+
+async function onLoginSubmit(event) {
+  event.preventDefault();
+  const auth = state.auth;
+  if (auth.busy) return; // Enter pressed again while waiting
+  const register = auth.registering && auth.registration;
+  const username = ui.loginUsername.value.trim();
+  const password = ui.loginPassword.value;
+  const problem = checkCredentials(username, password, register);
+  if (problem) {
+    setLoginError(problem.text, problem.fields);
+    return;
+  }
+  setLoginError("");
+  auth.busy = true;
+  renderLoginForm();
+  const reply = await api(register ? "/api/auth/register" : "/api/auth/login", {
+    method: "POST",
+    json: { username, password },
+  });
+  auth.busy = false;
+  renderLoginForm();
+  if (reply && (reply.status === 200 || reply.status === 201) && reply.body?.user) {
+    setNotice("");
+    loggedIn(reply.body.user, reply.body.expires);
+    return;
+  }
+  const failure = loginFailure(reply);
+  if (failure.clearPassword) ui.loginPassword.value = "";
+  renderLoginForm(); // a 403 may have closed registration
+  setLoginError(failure.text, failure.fields);
+}
+
+/** What the form can tell before asking the server (registering: the server's rules). */
+function checkCredentials(username, password, register) {
+  if (!username) return { text: "Enter your user name.", fields: [ui.loginUsername] };
+  if (!password) return { text: "Enter your password.", fields: [ui.loginPassword] };
+  if (register && !NAME_RE.test(username)) {
+    return {
+      text: "A user name is 1–50 letters, digits, -, _ or . (no spaces).",
+      fields: [ui.loginUsername],
+    };
+  }
+  const length = codePoints(password);
+  if (register && (length < PASSWORD_MIN || length > PASSWORD_MAX)) {
+    return {
+      text: `A password is ${PASSWORD_MIN} to ${PASSWORD_MAX} characters.`,
+      fields: [ui.loginPassword],
+    };
+  }
+  return null;
+}
+
+/** The error to show for a failed login or registration (`reply` null: no answer). */
+function loginFailure(reply) {
+  const username = ui.loginUsername;
+  const password = ui.loginPassword;
+  if (!reply) return { text: "Cannot reach the chat server. Try again.", fields: [] };
+  const code = reply.body?.error?.code;
+  const message = reply.body?.error?.message;
+  if (reply.status === 401) {
+    // Which of the two was wrong is not said (nor known to us): the name stays, the
+    // password is typed again.
+    return {
+      text: "Wrong user name or password.",
+      fields: [password],
+      clearPassword: true,
+    };
+  }
+  if (reply.status === 429) {
+    const wait = retryAfterSeconds(reply.response);
+    return {
+      text:
+        wait === null
+          ? "Too many failed attempts. Wait a little, then try again."
+          : `Too many failed attempts. Try again in ${formatWait(wait)}.`,
+      fields: [],
+    };
+  }
+  if (code === "name_taken") {
+    return { text: "That user name is taken: choose another.", fields: [username] };
+  }
+  if (code === "bad_name") {
+    return { text: message || "That user name is not allowed.", fields: [username] };
+  }
+  if (code === "bad_password") {
+    return {
+      text: message || `A password is ${PASSWORD_MIN} to ${PASSWORD_MAX} characters.`,
+      fields: [password],
+    };
+  }
+  if (code === "registration_closed") {
+    state.auth.registration = false;
+    state.auth.registering = false;
+    return { text: "Creating accounts is closed here: log in instead.", fields: [username] };
+  }
+  const why = message || `the server answered ${reply.status}`;
+  return { text: `Could not log in: ${why}.`, fields: [] };
+}
+
+/** Retry-After (RFC 9110 section 10.2.3) in seconds: delay-seconds or an HTTP-date. */
+function retryAfterSeconds(response) {
+  const value = response?.headers.get("Retry-After")?.trim();
+  if (!value) return null;
+  if (/^\d+$/.test(value)) return Number(value);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? null : Math.max(0, Math.ceil((at - Date.now()) / 1000));
+}
+
+function formatWait(seconds) {
+  if (seconds > 90) return `${Math.ceil(seconds / 60)} minutes`;
+  const shown = Math.max(seconds, 1);
+  return `${shown} second${shown === 1 ? "" : "s"}`;
+}
+
+/** A login (or the cookie on load) is good: chat as `user`. */
+function loggedIn(user, expires) {
+  const auth = state.auth;
+  // Someone else on this page now: nothing of the previous user's chat may remain.
+  if (state.name && state.name !== user) resetChat();
+  auth.user = user;
+  auth.expires = Number(expires) || 0;
+  auth.registering = false;
+  ui.loginPassword.value = "";
+  state.conn.attempt = 0;
+  startChat(user); // the same user after an expiry: the session and outbox are resumed
+}
+
+/**
+ * Whether a closed socket may mean that the login ended: the upgrade was refused (which
+ * a browser reports only as 1006), or the token's time is up by our clock.
+ */
+function loginMayHaveEnded(upgraded) {
+  const auth = state.auth;
+  if (auth.mode !== "required") return false;
+  return !upgraded || (auth.expires > 0 && Date.now() / 1000 >= auth.expires);
+}
+
+/** A reconnect failed with a login: ask /api/me whether the login is still good. */
+async function recheckLogin() {
+  const me = await api("/api/me");
+  if (state.view !== "chat" || state.conn.ws) return; // logged out or reconnected meanwhile
+  if (me?.status === 401) {
+    state.auth.registration = Boolean(me.body?.registration);
+    loginExpired();
+    return;
+  }
+  if (me?.status === 200 && me.body?.expires) state.auth.expires = Number(me.body.expires);
+  scheduleReconnect(); // still logged in (or the server is down): a network problem
+}
+
+/** The login ended: back to the form, keeping the chat for when the user is back. */
+function loginExpired() {
+  stopConnection("login expired");
+  if (state.auth.user) ui.loginUsername.value = state.auth.user;
+  ui.loginPassword.value = "";
+  showLoginForm({
+    notice: "Your login has expired. Log in again to go on where you left off.",
+  });
+}
+
+async function logOut() {
+  const auth = state.auth;
+  if (auth.busy) return;
+  auth.busy = true;
+  const reply = await api("/api/auth/logout", { method: "POST" });
+  auth.busy = false;
+  // The cookie is HttpOnly: only the server can remove it, so without its answer we are
+  // still logged in and say so. (401: the login had already ended, which is as good.)
+  if (![200, 204, 401].includes(reply?.status)) {
+    showError("Could not log out: the server did not answer. Try again.");
+    return;
+  }
+  resetChat();
+  auth.user = null;
+  auth.expires = 0;
+  ui.loginUsername.value = ""; // a shared computer: the next person starts blank
+  showLoginForm({ notice: "You have logged out." });
+}
+
+/** Forget the previous user's chat: the socket, the conversations, the message box. */
+function resetChat() {
+  stopTyping();
+  stopConnection("logged out");
+  clearTimeout(receiptTimer);
+  Object.assign(state, {
+    name: null,
+    me: null,
+    session: null,
+    rooms: new Map(),
+    dms: new Map(),
+    online: new Set(),
+    lastDm: 0,
+    current: null,
+    lastRoom: LOBBY,
+    outbox: [],
+    switchOnJoin: null,
+  });
+  Object.assign(state.conn, { attempt: 0, everOpened: false, heartbeatLost: false });
+  for (const cache of Object.values(sidebarCache)) cache.clear();
+  for (const list of [ui.roomList, ui.dmList, ui.memberList, ui.onlineList, ui.log]) {
+    list.replaceChildren();
+  }
+  ui.composer.value = "";
+  resizeComposer();
+  render();
+}
+
 // --- events -------------------------------------------------------------------------------
 
 function startChat(name) {
   state.name = name;
-  saveName(name);
-  ui.login.hidden = true;
-  ui.app.hidden = false;
+  if (state.auth.mode !== "required") saveName(name); // a login form has autocomplete
+  showView("chat");
   render();
   connect();
   ui.composer.focus();
+}
+
+/** Show one screen: a form (boot, name, login) or the chat. */
+function showView(view) {
+  state.view = view;
+  ui.login.hidden = view === "chat";
+  ui.boot.hidden = view !== "boot";
+  ui.nameForm.hidden = view !== "name";
+  ui.loginForm.hidden = view !== "login";
+  ui.app.hidden = view !== "chat";
+  ui.logout.hidden = state.auth.mode !== "required";
+  renderConnection(); // the connection banner belongs to the chat only
 }
 
 function onNameSubmit(event) {
@@ -1593,6 +2006,11 @@ function onScroll() {
 
 function bindEvents() {
   ui.nameForm.addEventListener("submit", onNameSubmit);
+  ui.loginForm.addEventListener("submit", onLoginSubmit);
+  ui.registerToggle.addEventListener("click", toggleRegistering);
+  ui.loginUsername.addEventListener("input", () => clearInvalid(ui.loginUsername));
+  ui.loginPassword.addEventListener("input", () => clearInvalid(ui.loginPassword));
+  ui.logout.addEventListener("click", logOut);
   ui.joinForm.addEventListener("submit", onJoinSubmit);
   ui.composerForm.addEventListener("submit", onComposerSubmit);
   ui.composer.addEventListener("keydown", onComposerKeydown);
@@ -1628,7 +2046,8 @@ function bindEvents() {
   window.addEventListener("offline", renderConnection);
   window.addEventListener("online", () => {
     renderConnection();
-    if (state.conn.status !== "replaced") reconnectNow();
+    if (state.view === "boot") boot(); // the server may be reachable again too
+    else if (state.conn.status !== "replaced") reconnectNow();
   });
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState !== "visible") return;
@@ -1650,10 +2069,7 @@ window.chatd = {
 function main() {
   bindUi();
   bindEvents();
-  const saved = loadName();
-  if (saved && NAME_RE.test(saved)) ui.nameInput.value = saved;
-  ui.nameInput.focus();
-  ui.nameInput.select();
+  boot();
 }
 
 main();
