@@ -7,7 +7,7 @@ PACKAGES := rfc6455 chatd tls
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test lint typecheck pytest bench bench-quick bench-report bench-frames load autobahn clean
+.PHONY: run test lint typecheck pytest bench bench-quick bench-report bench-frames load autobahn fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,14 @@ load: $(STAMP)
 
 autobahn: $(STAMP)
 	bash bench/autobahn.sh
+
+# The network fuzzer on a long run (make test runs 2,000 cases): FUZZ_CASES cases against a
+# fresh chatd, seed FUZZ_SEED (a random one, printed, when empty). A failure prints the seed,
+# the case and its bytes, and the --replay command that reproduces it.
+FUZZ_CASES ?= 50000
+FUZZ_SEED ?=
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz_chatd --cases $(FUZZ_CASES) $(if $(FUZZ_SEED),--seed $(FUZZ_SEED)) $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .coverage

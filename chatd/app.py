@@ -13,10 +13,10 @@ import logging
 import math
 import mimetypes
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from chatd import protocol
@@ -49,6 +49,8 @@ from rfc6455.timers import Timer
 __all__ = ["STATIC_DIR", "ChatHandler", "ChatServer"]
 
 logger = logging.getLogger("chatd")
+
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).parent / "static"
 #: Sent with every response of the UI: no inline script, no framing, no sniffing.
@@ -95,6 +97,8 @@ CLOSE_RATE_LIMITED = 1008
 CLOSE_TOKEN_EXPIRED = 4401
 #: The largest body of an auth request (a user name and a password, in JSON).
 MAX_AUTH_BODY = 4096
+#: Password checks and hashes waiting for or running on a worker thread, at most.
+MAX_CHECKS_IN_FLIGHT = 32
 
 
 def _ip(connection: ServerConnection) -> str:
@@ -159,6 +163,7 @@ class ChatHandler(Handler):
         self.accounts: Accounts | None = None
         self.tokens: TokenIssuer | None = None
         self.throttle = LoginThrottle(self.settings.login_attempts, self.settings.login_window)
+        self._checks_in_flight = 0
         self.origins = OriginPolicy.from_config(
             self.settings.allowed_origins, allow_missing=self.settings.allow_missing_origin
         )
@@ -201,6 +206,9 @@ class ChatHandler(Handler):
         if full is not None:
             logger.warning("%s: upgrade refused: %s", connection.peer, full)
             raise InvalidHandshake(full.replace("_", " "), 503)
+        # Counted for real in on_open: the upgrade may still fail (a malformed
+        # Sec-WebSocket-Protocol), and then no on_close would give the slot back.
+        self.connections.release(ip)
         connection.context = _Pending(name, room, query.get("session") or None, ip, expires)
         return ()
 
@@ -238,6 +246,7 @@ class ChatHandler(Handler):
             strikes=limits.rate_strikes,
             window=limits.strike_window,
         )
+        self.connections.admit(pending.ip)  # checked in on_connect, this same tick
         live = _Live(session, gate, pending.ip)
         if pending.expires is not None:
             # A token is checked at the upgrade; a connection must not outlive it.
@@ -246,12 +255,15 @@ class ChatHandler(Handler):
                 lambda: connection.close(CLOSE_TOKEN_EXPIRED, "token expired: log in again"),
             )
         connection.context = live
-        logger.info("%s: %s connected (session %s)", connection.peer, session.user, session.id)
+        # Not the session id: it is a bearer secret (it takes the session over).
+        logger.info("%s: %s connected", connection.peer, session.user)
 
     def on_message(self, connection: ServerConnection, message: str | bytes) -> None:
         live = connection.context
         if not isinstance(live, _Live) or live.session.peer is not connection:
-            return  # replaced by a newer connection, or closing for its rate
+            return  # replaced by a newer connection
+        if not connection.is_open:
+            return  # closing (its rate, its token): what it still sends is not read
         # The rate is checked on the raw frame, before any JSON parsing: a flood costs
         # a counter per message, not a parse.
         verdict = live.gate.check()
@@ -386,6 +398,11 @@ class ChatHandler(Handler):
             response = _error(429, "rate_limited", f"too many attempts: retry in {wait} s")
             response.headers.append(("Retry-After", str(wait)))
             return response
+        if self._checks_in_flight >= MAX_CHECKS_IN_FLIGHT:
+            # Each check is tens of milliseconds of a worker: bound the queue.
+            response = _error(503, "busy", "too many logins at once: retry in a moment")
+            response.headers.append(("Retry-After", "1"))
+            return response
         if path == "/api/auth/register":
             return self._register(connection, username, password, cors)
         return self._login(connection, username, password, cors)
@@ -407,6 +424,8 @@ class ChatHandler(Handler):
         deferred = DeferredResponse()
         ip = _ip(connection)
         secure = self._secure(connection)
+        # Counted before the check, so that attempts sent all at once are throttled too.
+        self.throttle.failed(ip)
 
         def done(result: bool | BaseException) -> None:
             if result is True and known:
@@ -414,13 +433,12 @@ class ChatHandler(Handler):
                 logger.info("%s: %s logged in", connection.peer, username)
                 response = self._token_response(200, username, secure)
             else:
-                self.throttle.failed(ip)
                 logger.warning("%s: failed login for %r", connection.peer, username[:50])
                 response = _error(401, "bad_credentials", "wrong user name or password")
             response.headers += cors
             deferred.complete(response)
 
-        connection.server.run_in_thread(lambda: verify_password(password, stored), done)
+        self._run_check(connection, lambda: verify_password(password, stored), done)
         return deferred
 
     def _register(
@@ -463,8 +481,23 @@ class ChatHandler(Handler):
             response.headers += cors
             deferred.complete(response)
 
-        connection.server.run_in_thread(lambda: hash_password(password), done)
+        self._run_check(connection, lambda: hash_password(password), done)
         return deferred
+
+    def _run_check(
+        self,
+        connection: ServerConnection,
+        work: Callable[[], T],
+        done: Callable[[T | BaseException], None],
+    ) -> None:
+        """Run a password check or hash on a worker, counting it while it is in flight."""
+        self._checks_in_flight += 1
+
+        def finished(result: T | BaseException) -> None:
+            self._checks_in_flight -= 1
+            done(result)
+
+        connection.server.run_in_thread(work, finished)
 
     def _token_response(self, status: int, user: str, secure: bool) -> HttpResponse:
         assert self.tokens is not None
@@ -603,6 +636,7 @@ class ChatServer:
         )
         self.handler = ChatHandler(self.hub, static_dir, settings)
         self.accounts = Accounts(self.storage.connection)
+        self.hub.reserved = self.accounts.exists
         secret_file = Path(settings.secret_file or Path(database).parent / "chatd-secret")
         self.handler.accounts = self.accounts
         self.handler.tokens = TokenIssuer(

@@ -361,8 +361,14 @@ class LoginThrottle:
         self._evict(now)
 
     def succeeded(self, ip: str) -> None:
-        """Forget the failures of ``ip``: it knew the password."""
-        self._failures.pop(_client_key(ip), None)
+        """Take back the attempt of ``ip`` counted last (``failed`` is called when a check
+        starts, so that checks in flight count at once): a login that knew its password
+        does not count, but does not wipe the other failures either, so that one valid
+        account cannot launder guesses at another.
+        """
+        failures = self._failures.get(_client_key(ip))
+        if failures:
+            failures.pop()
 
     def _evict(self, now: float) -> None:
         # The table is ordered by last failure, so every client whose failures have all

@@ -73,6 +73,8 @@ class Session:
     peer: Peer | None
     rooms: set[str] = field(default_factory=set)
     detached_at: float | None = None
+    #: A logged-in user's session: its name is the account's, fixed.
+    authenticated: bool = False
 
     def send(self, message: dict[str, Any]) -> None:
         if self.peer is not None:
@@ -107,6 +109,8 @@ class Hub:
         self.deliver = deliver or _deliver_each
         #: Rooms one session may be in at once (0: no limit).
         self.max_rooms = max_rooms
+        #: Names a guest may not take (the accounts'), set by the application.
+        self.reserved: Callable[[str], bool] = lambda name: False
         self.clock = clock
         self.sessions: dict[str, Session] = {}
         #: room name -> the attached sessions in it
@@ -136,7 +140,9 @@ class Hub:
         session id only resumes a session of that same user.
         """
         session = self.sessions.get(session_id) if session_id else None
-        if session is not None and authenticated and session.user != name:
+        if session is not None and (
+            session.authenticated != authenticated or (authenticated and session.user != name)
+        ):
             session = None  # someone else's session: never taken over by id alone
         # Rooms where others already see this session: a replaced connection is swapped
         # without presence (no "online" or "join" that no "offline" or "leave" preceded).
@@ -156,7 +162,7 @@ class Hub:
                 session.user = self._unique_name(session.user)
         else:
             user = name if authenticated else self._unique_name(name)
-            session = Session(secrets.token_urlsafe(12), user, None)
+            session = Session(secrets.token_urlsafe(12), user, None, authenticated=authenticated)
             session.rooms.add(LOBBY)
             self.sessions[session.id] = session
         session.peer = peer
@@ -164,7 +170,11 @@ class Hub:
         first = session.user not in self.users
         self.users.setdefault(session.user, set()).add(session)
         self.storage.ensure_user(session.user, now_ms())
-        if room is not None and protocol.is_valid_room(room):
+        if (
+            room is not None
+            and protocol.is_valid_room(room)
+            and (not self.max_rooms or len(session.rooms) < self.max_rooms)
+        ):
             session.rooms.add(room)
         session.send(
             {
@@ -439,8 +449,10 @@ class Hub:
         old = session.user
         if new == old:
             return
-        if new in self.users:
-            raise ProtocolError("name_taken", f"{new} is already online", client_id)
+        if session.authenticated:
+            raise ProtocolError("name_taken", "a logged-in user's name is the account's", client_id)
+        if new in self.users or self.reserved(new):
+            raise ProtocolError("name_taken", f"{new} is taken", client_id)
         sessions = self.users.pop(old, set())
         for each in sessions:
             each.user = new

@@ -163,6 +163,10 @@ def parse_client_message(text: str) -> ClientMessage:
         raise ProtocolError("bad_json", "not a JSON document") from None
     if not isinstance(data, dict):
         raise ProtocolError("bad_json", "a message is a JSON object")
+    if "\\u" in text and not _is_unicode_text(data):
+        # JSON may spell a lone surrogate ("\\ud800"): a str with no UTF-8 form, which
+        # neither a WebSocket text frame nor SQLite can carry.
+        raise ProtocolError("bad_message", "a string holds a lone surrogate, not text")
     message_id = _message_id(data)
     kind = data.get("type")
     if not isinstance(kind, str):
@@ -171,6 +175,15 @@ def parse_client_message(text: str) -> ClientMessage:
     if parser is None:
         raise ProtocolError("unknown_type", f"unknown message type {kind[:32]!r}", message_id)
     return parser(data, message_id)
+
+
+def _is_unicode_text(data: Any) -> bool:
+    """Whether every string in ``data`` can be encoded as UTF-8 (no lone surrogates)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _message_id(data: dict[str, Any]) -> str | None:

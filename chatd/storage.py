@@ -40,6 +40,7 @@ SQL scripts, each applied in one transaction that also records its number in the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -242,8 +243,12 @@ class Storage:
         self.path = os.fspath(path)
         self.synchronous = mode
         self.max_pending = max_pending
-        if self.path != _MEMORY:
+        if self.path not in (_MEMORY, ""):  # "": SQLite's private temporary database
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # It holds password hashes, every message and every DM: the owner's only.
+            # SQLite gives its -wal and -shm files the database file's mode.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         # isolation_level=None: no implicit transactions, every one is explicit below.
         # check_same_thread (the default): the event-loop thread is the only user.
         self._db: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None)

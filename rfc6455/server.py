@@ -629,7 +629,13 @@ class ServerConnection:
             return  # on_connect closed the connection itself
         if server.config.server_header:
             extra.append(("Server", server.config.server_header))
-        response = self.protocol.accept(extra_headers=extra)
+        try:
+            # Negotiation happens here: a malformed Sec-WebSocket-Protocol or -Extensions
+            # header is the client's fault, answered with 400 like any other.
+            response = self.protocol.accept(extra_headers=extra)
+        except InvalidHandshake as error:
+            self._refuse(error)
+            return
         server.stats["handshakes_accepted"] += 1
         self._queue(response)
         self._cancel(self._handshake_timer)

@@ -348,15 +348,19 @@ def test_throttle_blocks_after_n_failures_and_recovers(clock: Clock) -> None:
     assert throttle.allowed("192.0.2.1")
 
 
-def test_throttle_success_forgets_failures(clock: Clock) -> None:
+def test_throttle_success_takes_back_only_its_own_attempt(clock: Clock) -> None:
+    # The daemon counts every attempt when it starts; a success takes that one back and
+    # leaves the earlier failures standing.
     throttle = LoginThrottle(2, 60.0, clock)
-    throttle.failed("192.0.2.1")
-    throttle.failed("192.0.2.1")
+    throttle.failed("192.0.2.1")  # a wrong password
+    throttle.failed("192.0.2.1")  # the next attempt, counted as it starts
     assert not throttle.allowed("192.0.2.1")
-    throttle.succeeded("192.0.2.1")
+    throttle.succeeded("192.0.2.1")  # it was right
     assert throttle.allowed("192.0.2.1")
-    assert len(throttle) == 0
+    throttle.failed("192.0.2.1")
+    assert not throttle.allowed("192.0.2.1")  # the first failure still counts
     throttle.succeeded("192.0.2.9")  # never seen: nothing to do
+    assert len(throttle) == 1
 
 
 def test_throttle_counts_ipv6_by_64_network(clock: Clock) -> None:

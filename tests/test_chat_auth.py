@@ -299,3 +299,75 @@ def test_registration_is_off_by_default_and_works_when_on(start: Any) -> None:
     assert (
         request(chat.port, "/api/auth/register", "POST", body=short, headers=headers).status == 400
     )
+
+
+# --- what a review and the fuzzer found -----------------------------------------------------
+
+
+def test_nick_cannot_take_an_account_name_nor_change_a_login(start: Any) -> None:
+    chat = start()
+    with ws(chat, "name=carol") as guest:
+        recv_type(guest, "welcome")
+        guest.send(json.dumps({"type": "message", "room": "lobby", "text": "/nick bob", "id": "n"}))
+        assert recv_type(guest, "error")["code"] == "name_taken"
+    cookie = cookie_of(login(chat.port))
+    with ws(chat, "", cookie) as alice:
+        recv_type(alice, "welcome")
+        alice.send(json.dumps({"type": "message", "room": "lobby", "text": "/nick al", "id": "n"}))
+        assert recv_type(alice, "error")["code"] == "name_taken"
+
+
+def test_logins_sent_at_once_are_throttled(start: Any) -> None:
+    chat = start(auth="required", login_attempts=3)
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    with ThreadPoolExecutor(10) as pool:
+        replies = list(pool.map(lambda _: login(chat.port, password="wrong!!!"), range(10)))
+    statuses = sorted(reply.status for reply in replies)
+    assert statuses.count(401) == 3
+    assert statuses.count(429) == 7
+
+
+def test_a_good_login_does_not_launder_failures(start: Any) -> None:
+    chat = start(auth="required", login_attempts=3)
+    assert login(chat.port, password="wrong one").status == 401
+    assert login(chat.port, password="wrong two").status == 401
+    assert login(chat.port, "bob").status == 200  # the attacker's own account
+    assert login(chat.port, password="wrong three").status == 401
+    assert login(chat.port, password="wrong four").status == 429
+
+
+def test_a_guest_cannot_resume_a_logged_in_session(start: Any) -> None:
+    chat = start()
+    cookie = cookie_of(login(chat.port))
+    with ws(chat, "", cookie) as alice:
+        session = recv_type(alice, "welcome")["session"]
+        with ws(chat, f"session={session}&name=carol") as guest:
+            welcome = recv_type(guest, "welcome")
+            assert welcome["session"] != session
+            assert welcome["user"] == "carol"
+        alice.send(json.dumps({"type": "ping", "id": "still"}))
+        assert recv_type(alice, "pong")["id"] == "still"
+
+
+def test_room_on_connect_respects_the_room_quota(start: Any) -> None:
+    chat = start(limits=Limits(message_rate=0, max_rooms_per_connection=1))
+    with ws(chat, "name=carol&room=extra") as guest:
+        assert recv_type(guest, "welcome")["rooms"] == ["lobby"]
+
+
+def test_a_lone_surrogate_is_refused_and_chat_goes_on(start: Any) -> None:
+    chat = start()
+    with ws(chat, "name=carol") as carol, ws(chat, "name=dave") as dave:
+        recv_type(carol, "welcome")
+        recv_type(dave, "welcome")
+        carol.send('{"type":"message","room":"lobby","text":"a\\ud800b","id":"s"}')
+        assert recv_type(carol, "error")["code"] == "bad_message"
+        dave.send(json.dumps({"type": "message", "room": "lobby", "text": "fine", "id": "d"}))
+        assert recv_type(dave, "ack")["seq"] == 1
+        assert recv_type(carol, "message")["text"] == "fine"
+
+
+def test_the_database_file_is_the_owners_only(start: Any, tmp_path: Path) -> None:
+    start()
+    assert (tmp_path / "chat.sqlite3").stat().st_mode & 0o077 == 0

@@ -723,6 +723,33 @@ def test_call_soon_threadsafe_runs_on_the_loop(serve: Serve) -> None:
     assert seen == ["test-server"]
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Sec-WebSocket-Protocol: chat v2, ,",
+        'Sec-WebSocket-Protocol: "chat"',
+        "Sec-WebSocket-Extensions: permessage-deflate;;",
+    ],
+)
+def test_malformed_negotiation_headers_get_400(serve: Serve, raw: Any, header: str) -> None:
+    # Found by tests/fuzz_chatd.py: negotiation runs in Connection.accept, after the
+    # application said yes; its refusal must still be a 400, not a dropped connection.
+    config = make_config(subprotocols=("chat",), deflate=DeflateOptions())
+    running = serve(config=config)
+    client = raw(running.port)
+    client.send(
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{header}\r\n\r\n"
+        ).encode()
+    )
+    assert client.read_http().status == 400
+    # The server is fine: the next client gets in.
+    with ws_connect(running.url()) as ws:
+        ws.send("still here")
+        assert ws.recv(timeout=TIMEOUT) == "still here"
+
+
 def test_http_body_over_the_limit_is_413(serve: Serve, raw: Any) -> None:
     running = serve(config=make_config(max_http_body=1000))
     client = raw(running.port)
