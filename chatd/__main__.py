@@ -18,6 +18,7 @@ import sqlite3
 import ssl
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from chatd import __version__
@@ -51,10 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments[:1] == ["cert"]:
         # chatd cert [--dir DIR] [--host HOST ...]: certificates for wss://, and how to
         # trust their CA (mkcert when installed, else a local CA).
-        return tls_main(arguments[1:], prog="python -m chatd cert")
+        return tls_main(
+            arguments[1:],
+            prog=f"{_prog()} cert",
+            serve_hint=_prog() + " --certfile {certfile} --keyfile {keyfile}",
+        )
     if arguments[:1] == ["serve"]:
         arguments = arguments[1:]
     return serve(arguments)
+
+
+def _prog() -> str:
+    """``chatd`` when run as the console script, else ``python -m chatd``."""
+    return "chatd" if Path(sys.argv[0]).name == "chatd" else "python -m chatd"
 
 
 def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -76,7 +86,7 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 def serve(argv: Sequence[str]) -> int:
     """Parse the serve command line and serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m chatd [serve]",
+        prog=f"{_prog()} [serve]",
         description="the chatd chat server",
         epilog="Accounts: python -m chatd user add|passwd|list [NAME] [--db FILE]",
     )

@@ -136,6 +136,16 @@ def test_connections_per_ip_and_in_total(start: type[RunningChat]) -> None:
     second.close()
 
 
+def test_connections_in_total(start: type[RunningChat]) -> None:
+    limits = dataclasses.replace(DEFAULTS, max_connections_per_ip=0, max_connections=2)
+    chat = start(ChatSettings(limits=limits))
+    first, second = RfcChatter(chat.url("name=a")), RfcChatter(chat.url("name=b"))
+    assert upgrade(chat.port, origin=None) == "HTTP/1.1 503 Service Unavailable"
+    assert second.say("lobby", "still fine", "s")["seq"] == 1
+    first.close()
+    second.close()
+
+
 # --- sizes and rooms ---------------------------------------------------------------------------
 
 

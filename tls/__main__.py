@@ -25,6 +25,8 @@ from tls.mkcert import (
 )
 
 DEFAULT_DIRECTORY = Path("var/tls")
+#: How to serve wss:// with the files, as printed last (``{certfile}``, ``{keyfile}``).
+ECHO_HINT = "python -m rfc6455.echo --port 8443 --certfile {certfile} --keyfile {keyfile}"
 
 
 def build_parser(prog: str = "python -m tls") -> argparse.ArgumentParser:
@@ -57,8 +59,16 @@ def build_parser(prog: str = "python -m tls") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m tls") -> int:
-    """Run the command; returns the exit status (0 on success, 1 on failure)."""
+def main(
+    argv: Sequence[str] | None = None,
+    prog: str = "python -m tls",
+    serve_hint: str = ECHO_HINT,
+) -> int:
+    """Run the command; returns the exit status (0 on success, 1 on failure).
+
+    ``serve_hint`` is the command printed last, with ``{certfile}`` and ``{keyfile}``
+    filled in: ``chatd cert`` names chatd's own.
+    """
     arguments = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     hosts = tuple(arguments.hosts) if arguments.hosts else DEFAULT_HOSTS
@@ -69,11 +79,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tls") -> int:
     except (MkcertError, OSError, ValueError) as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 1
-    print(describe(files))
+    print(describe(files, serve_hint))
     return 0
 
 
-def describe(files: CertificateFiles) -> str:
+def describe(
+    files: CertificateFiles,
+    serve_hint: str = ECHO_HINT,
+) -> str:
     """What was made, how to trust it, and how to serve ``wss://`` with it."""
     certfile = shlex.quote(str(files.certfile.resolve()))
     keyfile = shlex.quote(str(files.keyfile.resolve()))
@@ -86,7 +99,7 @@ def describe(files: CertificateFiles) -> str:
         f"{trust_instructions(files)}\n"
         "\n"
         "Serve wss:// with it:\n"
-        f"    python -m rfc6455.echo --port 8443 --certfile {certfile} --keyfile {keyfile}\n"
+        f"    {serve_hint.format(certfile=certfile, keyfile=keyfile)}\n"
         "and connect to wss://localhost:8443/"
     )
 
