@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sqlite3
 import ssl
@@ -25,12 +26,15 @@ from chatd import __version__
 from chatd.accounts import user_command
 from chatd.app import ChatServer
 from chatd.auth import AuthError
-from chatd.config import AUTH_MODES, ChatSettings
+from chatd.config import ChatSettings
 from chatd.limits import Limits
+from chatd.logs import configure_logging
+from chatd.options import ConfigError, Loaded, add_flags, load
 from chatd.origins import OriginPolicy
 from chatd.storage import StorageError
+from rfc6455.http import HttpLimits
+from rfc6455.server import ServerConfig
 from tls import server_context
-from tls.__main__ import DEFAULT_DIRECTORY as TLS_DIRECTORY
 from tls.__main__ import main as tls_main
 from tls.mkcert import DEFAULT_HOSTS, ensure_certificates
 
@@ -57,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             prog=f"{_prog()} cert",
             serve_hint=_prog() + " --certfile {certfile} --keyfile {keyfile}",
         )
+    if arguments[:1] == ["check-config"]:
+        return check_config(arguments[1:])
     if arguments[:1] == ["serve"]:
         arguments = arguments[1:]
     return serve(arguments)
@@ -67,150 +73,134 @@ def _prog() -> str:
     return "chatd" if Path(sys.argv[0]).name == "chatd" else "python -m chatd"
 
 
-def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The server's TLS context from --certfile/--keyfile or --tls, or None for plain."""
-    if (args.certfile is None) != (args.keyfile is None):
-        raise ValueError("--certfile and --keyfile go together")
-    if args.certfile is not None:
-        return server_context(args.certfile, args.keyfile)
-    if not args.tls:
+def _tls_context(config: Loaded) -> ssl.SSLContext | None:
+    """The server's TLS context from certfile/keyfile or tls, or None for plain."""
+    if config["certfile"] is not None:
+        return server_context(config["certfile"], config["keyfile"])
+    if not config["tls"]:
         return None
     hosts = list(DEFAULT_HOSTS)
-    if args.host not in hosts and args.host not in ("0.0.0.0", "::"):
-        hosts.append(args.host)
-    files = ensure_certificates(args.cert_dir, hosts)
+    if config["host"] not in hosts and config["host"] not in ("0.0.0.0", "::"):
+        hosts.append(config["host"])
+    files = ensure_certificates(config["cert_dir"], hosts)
     logger.info("TLS certificate %s (issued by %s)", files.certfile, files.issuer)
     return server_context(files.certfile, files.keyfile)
 
 
+def _parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{_prog()} {command}",
+        description="the chatd chat server"
+        if command == "[serve]"
+        else "validate the settings and print the effective configuration",
+        epilog=f"Accounts: {_prog()} user add|passwd|list [NAME] [--db FILE]. Every setting "
+        "also comes from CHATD_<NAME> in the environment and from a TOML file (--config); "
+        "flags win over the environment, which wins over the file.",
+    )
+    add_flags(parser)
+    parser.add_argument("--version", action="version", version=f"chatd {__version__}")
+    return parser
+
+
+def _settings(config: Loaded, *, tls: bool) -> ChatSettings:
+    """chatd's protections from the loaded configuration."""
+    settings = ChatSettings(
+        tls=tls,
+        auth=config["auth"],
+        secret_file=config["secret_file"],
+        secret=config["secret"],
+        token_ttl=config["token_ttl"],
+        registration=config["registration"],
+        login_attempts=config["login_attempts"],
+        login_window=config["login_window"],
+        allowed_origins=config["allow_origin"],
+        allow_missing_origin=not config["refuse_missing_origin"],
+        history_on_join=config["history_on_join"],
+        limits=dataclasses.replace(
+            Limits(),
+            message_rate=config["rate_limit"],
+            message_burst=config["rate_burst"],
+            max_connections=config["max_connections"],
+            max_connections_per_ip=config["max_connections_per_ip"],
+            max_rooms_per_connection=config["max_rooms"],
+            max_message_bytes=config["max_message_size"],
+        ),
+    )
+    settings.validate()
+    OriginPolicy.from_config(settings.allowed_origins, allow_missing=True)
+    return settings
+
+
+def _server_config(config: Loaded) -> ServerConfig:
+    """The runtime's limits and timeouts from the loaded configuration (0: none)."""
+    return ServerConfig(
+        handshake_timeout=config["handshake_timeout"],
+        ping_interval=config["ping_interval"] or None,
+        ping_timeout=config["ping_timeout"] or None,
+        close_timeout=config["close_timeout"],
+        write_limit=config["write_limit"],
+        http_limits=HttpLimits(
+            max_head_size=config["max_head_size"], max_headers=config["max_headers"]
+        ),
+    )
+
+
+def _load(argv: Sequence[str], command: str) -> Loaded | int:
+    """Parse and load the configuration, or the exit status after saying what is wrong."""
+    args = _parser(command).parse_args(argv)
+    try:
+        config = load(args, os.environ)
+        if (config["certfile"] is None) != (config["keyfile"] is None):
+            raise ConfigError("certfile and keyfile go together")
+        _settings(config, tls=False)
+        _server_config(config)
+    except (ConfigError, ValueError) as error:
+        print(f"bad setting: {error}", file=sys.stderr)
+        return 2
+    return config
+
+
+def check_config(argv: Sequence[str]) -> int:
+    """``chatd check-config``: validate, then print every setting and where it came from."""
+    config = _load(argv, "check-config")
+    if isinstance(config, int):
+        return config
+    if config.config_file is not None:
+        print(f"# config file: {config.config_file}")
+    print(config.describe())
+    return 0
+
+
 def serve(argv: Sequence[str]) -> int:
     """Parse the serve command line and serve until SIGINT or SIGTERM."""
-    parser = argparse.ArgumentParser(
-        prog=f"{_prog()} [serve]",
-        description="the chatd chat server",
-        epilog="Accounts: python -m chatd user add|passwd|list [NAME] [--db FILE]",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, help="default 8080, or 8443 with TLS")
-    secure = parser.add_argument_group("TLS (wss:// and https://)")
-    secure.add_argument(
-        "--tls",
-        action="store_true",
-        help="serve TLS with a certificate from --cert-dir, made there if missing "
-        "(mkcert when installed, else a local CA: see 'python -m chatd cert')",
-    )
-    secure.add_argument("--cert-dir", default=str(TLS_DIRECTORY), help="(default %(default)s)")
-    secure.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
-    secure.add_argument("--keyfile", help="the certificate's private key (PEM)")
-    parser.add_argument("--db", default=DEFAULT_DB, help="the SQLite database file")
-    auth = parser.add_argument_group("authentication")
-    auth.add_argument(
-        "--auth",
-        choices=AUTH_MODES,
-        default="open",
-        help="open: guests pick a name (development); required: log in first",
-    )
-    auth.add_argument(
-        "--secret-file",
-        help="the token signing secret, made with mode 0600 if missing "
-        "(default: chatd-secret beside the database)",
-    )
-    auth.add_argument(
-        "--token-ttl", type=float, default=12 * 3600.0, help="seconds a login lasts (12 h)"
-    )
-    auth.add_argument(
-        "--registration",
-        action="store_true",
-        help="let visitors create accounts (POST /api/auth/register)",
-    )
-    parser.add_argument(
-        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
-    defaults = Limits()
-    protection = parser.add_argument_group("protection")
-    protection.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="a page origin (scheme://host[:port]) besides chatd's own that may connect "
-        "(repeatable)",
-    )
-    protection.add_argument(
-        "--refuse-missing-origin",
-        action="store_true",
-        help="refuse handshakes without an Origin header (non-browser clients)",
-    )
-    protection.add_argument(
-        "--rate-limit",
-        type=float,
-        default=defaults.message_rate,
-        metavar="PER_SECOND",
-        help=f"messages per second per connection, 0 for none (default {defaults.message_rate:g})",
-    )
-    protection.add_argument(
-        "--rate-burst",
-        type=int,
-        default=defaults.message_burst,
-        help=f"messages allowed at once above the rate (default {defaults.message_burst})",
-    )
-    protection.add_argument(
-        "--max-connections",
-        type=int,
-        default=defaults.max_connections,
-        help=f"WebSocket connections in all, 0 for no limit (default {defaults.max_connections})",
-    )
-    protection.add_argument(
-        "--max-connections-per-ip",
-        type=int,
-        default=defaults.max_connections_per_ip,
-        help="WebSocket connections per client address (IPv6: per /64), 0 for no limit "
-        f"(default {defaults.max_connections_per_ip})",
-    )
-    parser.add_argument("--version", action="version", version=f"chatd {__version__}")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-
+    config = _load(argv, "[serve]")
+    if isinstance(config, int):
+        return config
+    configure_logging(config["log_level"], config["log_format"])
     try:
-        context = _tls_context(args)
+        context = _tls_context(config)
     except (OSError, ssl.SSLError, ValueError) as error:
         print(f"cannot set up TLS: {error}", file=sys.stderr)
         return 1
-    port = args.port if args.port is not None else (8443 if context is not None else 8080)
-    settings = ChatSettings(
-        tls=context is not None,
-        auth=args.auth,
-        secret_file=args.secret_file,
-        token_ttl=args.token_ttl,
-        registration=args.registration,
-        allowed_origins=tuple(args.allow_origin),
-        allow_missing_origin=not args.refuse_missing_origin,
-        limits=dataclasses.replace(
-            defaults,
-            message_rate=args.rate_limit,
-            message_burst=args.rate_burst,
-            max_connections=args.max_connections,
-            max_connections_per_ip=args.max_connections_per_ip,
-        ),
-    )
+    port = config["port"] if config["port"] is not None else (8443 if context else 8080)
+    host = config["host"]
+    database = config["db"]
     try:
-        settings.validate()
-        OriginPolicy.from_config(settings.allowed_origins, allow_missing=True)
-    except ValueError as error:
-        print(f"bad setting: {error}", file=sys.stderr)
-        return 2
-    try:
-        chat = ChatServer(args.db, settings=settings)
+        chat = ChatServer(
+            database,
+            _server_config(config),
+            settings=_settings(config, tls=context is not None),
+        )
     except AuthError as error:
         print(f"cannot use the token secret: {error}", file=sys.stderr)
         return 1
     except (OSError, sqlite3.Error, StorageError) as error:
-        print(f"cannot open the database {args.db}: {error}", file=sys.stderr)
+        print(f"cannot open the database {database}: {error}", file=sys.stderr)
         return 1
     try:
-        chat.server.listen(args.host, port, ssl_context=context)
+        chat.server.listen(host, port, ssl_context=context)
     except OSError as error:
-        print(f"cannot listen on {args.host}:{port}: {error}", file=sys.stderr)
+        print(f"cannot listen on {host}:{port}: {error}", file=sys.stderr)
         chat.close()
         return 1
 
@@ -219,17 +209,16 @@ def serve(argv: Sequence[str]) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    host = f"[{args.host}]" if ":" in args.host else args.host
     logger.info(
         "chatd %s listening on %s://%s:%d/ (database %s)",
         __version__,
         "https" if context is not None else "http",
-        host,
+        f"[{host}]" if ":" in host else host,
         chat.server.addresses[0][1],
-        args.db,
+        database,
     )
     try:
-        chat.server.serve_forever()
+        chat.server.serve_forever(shutdown_timeout=config["shutdown_timeout"])
     finally:
         chat.close()
     logger.info("chatd stopped")

@@ -628,6 +628,7 @@ class ChatServer:
             self.storage,
             prepare=Server.prepare_many,
             max_rooms=settings.limits.max_rooms_per_connection,
+            history_page=settings.history_on_join,
         )
         # One chat message is a JSON object of a few KiB at most: refuse bigger messages
         # with 1009 before they are buffered (DESIGN.md: 4,000 characters of text).
@@ -637,11 +638,13 @@ class ChatServer:
         self.handler = ChatHandler(self.hub, static_dir, settings)
         self.accounts = Accounts(self.storage.connection)
         self.hub.reserved = self.accounts.exists
-        secret_file = Path(settings.secret_file or Path(database).parent / "chatd-secret")
+        if settings.secret is not None:
+            secret = settings.secret.encode()
+        else:
+            secret_file = Path(settings.secret_file or Path(database).parent / "chatd-secret")
+            secret = load_or_create_secret(secret_file)
         self.handler.accounts = self.accounts
-        self.handler.tokens = TokenIssuer(
-            load_or_create_secret(secret_file), ttl=settings.token_ttl
-        )
+        self.handler.tokens = TokenIssuer(secret, ttl=settings.token_ttl)
         self.server = Server(self.handler, config)
         self.hub.deliver = self.server.send_prepared_many
         # One transaction per loop tick, then the acks and broadcasts it allows.

@@ -40,6 +40,10 @@ class ChatSettings:
     login_window: float = 60.0
     #: Whether the server is reached over TLS (cookies get ``Secure``).
     tls: bool = False
+    #: The token signing secret itself, instead of ``secret_file`` (32 characters at least).
+    secret: str | None = None
+    #: Messages sent with ``joined``.
+    history_on_join: int = 50
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting that is wrong."""
@@ -47,6 +51,8 @@ class ChatSettings:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
         if not self.token_ttl > 0:
             raise ValueError(f"token_ttl must be positive, not {self.token_ttl!r}")
+        if self.secret is not None and len(self.secret) < 32:
+            raise ValueError("secret must be at least 32 characters")
         if self.login_attempts < 1 or not self.login_window > 0:
             raise ValueError("login_attempts must be at least 1 and login_window positive")
         self.limits.validate()

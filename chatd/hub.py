@@ -99,6 +99,7 @@ class Hub:
         deliver: Callable[[list[Any], Any], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_rooms: int = 0,
+        history_page: int = protocol.HISTORY_PAGE,
     ) -> None:
         self.storage = storage
         #: Encodes text messages once into frames every peer can send
@@ -109,6 +110,8 @@ class Hub:
         self.deliver = deliver or _deliver_each
         #: Rooms one session may be in at once (0: no limit).
         self.max_rooms = max_rooms
+        #: Messages sent with ``joined``.
+        self.history_page = history_page
         #: Names a guest may not take (the accounts'), set by the application.
         self.reserved: Callable[[str], bool] = lambda name: False
         self.clock = clock
@@ -187,7 +190,7 @@ class Hub:
                 "limits": {
                     "max_text": protocol.MAX_TEXT,
                     "max_name": protocol.MAX_NAME,
-                    "history_page": protocol.HISTORY_PAGE,
+                    "history_page": self.history_page,
                 },
             }
         )
@@ -313,7 +316,7 @@ class Hub:
                 {"type": "presence", "event": "join", "user": session.user, "room": room},
                 exclude=session,
             )
-        recent = self.storage.recent(room, protocol.HISTORY_PAGE)
+        recent = self.storage.recent(room, self.history_page) if self.history_page else []
         session.send(
             {
                 "type": "joined",
