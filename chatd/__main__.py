@@ -32,6 +32,15 @@ from chatd.logs import configure_logging
 from chatd.options import ConfigError, Loaded, add_flags, load
 from chatd.origins import OriginPolicy
 from chatd.storage import StorageError
+from chatd.systemd import (
+    ActivatedSocket,
+    Notifier,
+    SystemdError,
+    is_tls_name,
+    listen_fds,
+    schedule_watchdog,
+    watchdog_interval,
+)
 from rfc6455.http import HttpLimits
 from rfc6455.server import ServerConfig
 from tls import server_context
@@ -177,13 +186,18 @@ def serve(argv: Sequence[str]) -> int:
     if isinstance(config, int):
         return config
     configure_logging(config["log_level"], config["log_format"])
+    notifier = Notifier.from_environment()
+    try:
+        activated = listen_fds()
+    except SystemdError as error:
+        print(f"cannot use the sockets systemd passed: {error}", file=sys.stderr)
+        return 1
     try:
         context = _tls_context(config)
     except (OSError, ssl.SSLError, ValueError) as error:
         print(f"cannot set up TLS: {error}", file=sys.stderr)
         return 1
     port = config["port"] if config["port"] is not None else (8443 if context else 8080)
-    host = config["host"]
     database = config["db"]
     try:
         chat = ChatServer(
@@ -198,31 +212,99 @@ def serve(argv: Sequence[str]) -> int:
         print(f"cannot open the database {database}: {error}", file=sys.stderr)
         return 1
     try:
-        chat.server.listen(host, port, ssl_context=context)
-    except OSError as error:
-        print(f"cannot listen on {host}:{port}: {error}", file=sys.stderr)
+        where = _listen(chat, config, context, activated, port)
+    except (OSError, SystemdError) as error:
+        place = "on the sockets systemd passed" if activated else f"on {config['host']}:{port}"
+        print(f"cannot listen {place}: {error}", file=sys.stderr)
         chat.close()
         return 1
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        # SIGTERM: tell every client first (a system message), then close them with 1001
+        # and drain within shutdown_timeout; the loop does both on its own thread.
+        notifier.stopping("shutting down")
+        chat.server.call_soon_threadsafe(chat.hub.announce_shutdown)
         chat.server.request_shutdown()
+
+    def hangup(signum: int, frame: FrameType | None) -> None:
+        chat.server.call_soon_threadsafe(lambda: _reload(chat, argv, context, notifier))
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    logger.info(
-        "chatd %s listening on %s://%s:%d/ (database %s)",
-        __version__,
-        "https" if context is not None else "http",
-        f"[{host}]" if ":" in host else host,
-        chat.server.addresses[0][1],
-        database,
-    )
+    signal.signal(signal.SIGHUP, hangup)
+    logger.info("chatd %s listening on %s (database %s)", __version__, where, database)
+    notifier.ready(f"serving on {where}")
+    interval = watchdog_interval()
+    if interval is not None:
+        # Pinged from the loop itself: a loop that hangs stops the pings, and systemd
+        # restarts the service.
+        schedule_watchdog(chat.server, notifier, interval)
     try:
         chat.server.serve_forever(shutdown_timeout=config["shutdown_timeout"])
     finally:
         chat.close()
+        notifier.close()
     logger.info("chatd stopped")
     return 0
+
+
+def _listen(
+    chat: ChatServer,
+    config: Loaded,
+    context: ssl.SSLContext | None,
+    activated: list[ActivatedSocket],
+    port: int,
+) -> str:
+    """Listen on the sockets systemd passed, or on host and port; say where."""
+    if not activated:
+        host = config["host"]
+        chat.server.listen(host, port, ssl_context=context)
+        scheme = "https" if context is not None else "http"
+        shown = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{shown}:{chat.server.addresses[0][1]}/"
+    places = []
+    for item in activated:
+        tls = is_tls_name(item.name)
+        if tls and context is None:
+            raise SystemdError(
+                f"systemd passed a socket named {item.name!r} for TLS, but TLS is not set "
+                "up (--tls or --certfile/--keyfile)"
+            )
+        chat.server.add_socket(item.sock, ssl_context=context if tls else None)
+        places.append(f"{item.name} {item.address}")
+    logger.info("socket activation: host and port settings are not used")
+    return ", ".join(places)
+
+
+def _reload(
+    chat: ChatServer, argv: Sequence[str], context: ssl.SSLContext | None, notifier: Notifier
+) -> None:
+    """SIGHUP: apply what may change while running (log level, origins, limits, the TLS
+    certificate), keeping every connection; a bad configuration is logged and ignored.
+    """
+    notifier.reloading("reloading the configuration")
+    config = _load(argv, "[serve]")
+    if isinstance(config, int):
+        logger.error("reload: the configuration is not valid; nothing changed")
+        notifier.ready("reload failed: configuration not valid")
+        return
+    try:
+        settings = _settings(config, tls=context is not None)
+        if context is not None:
+            certfile, keyfile = config["certfile"], config["keyfile"]
+            if certfile is None:
+                files = ensure_certificates(config["cert_dir"], list(DEFAULT_HOSTS))
+                certfile, keyfile = files.certfile, files.keyfile
+            # New handshakes get the new certificate; open connections keep theirs.
+            context.load_cert_chain(certfile, keyfile)
+    except (ConfigError, ValueError, OSError, ssl.SSLError) as error:
+        logger.error("reload: %s; nothing changed", error)
+        notifier.ready("reload failed")
+        return
+    logging.getLogger().setLevel(config["log_level"])
+    chat.apply(settings)
+    logger.info("reload: configuration applied to %d connections", len(chat.server.connections))
+    notifier.ready("reloaded")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """chatd's application layer: the WebSocket handler and the HTTP routes on one port.
 
 ``ChatHandler`` plugs the hub into ``rfc6455.server``: upgrades on ``/ws`` become hub
-sessions; everything else is plain HTTP (the UI, static files, health and the JSON API).
-It never parses frames or HTTP itself: the runtime hands it requests and messages.
+sessions; everything else is plain HTTP (the UI, static files, health, readiness,
+metrics and the JSON API). It never parses frames or HTTP itself: the runtime hands it
+requests and messages.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
 import mimetypes
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,8 +35,9 @@ from chatd.auth import (
 from chatd.config import ChatSettings
 from chatd.hub import Hub, Session
 from chatd.limits import ConnectionLimiter, MessageGate, Verdict
+from chatd.metrics import ChatMetrics
 from chatd.origins import OriginPolicy
-from chatd.storage import Storage
+from chatd.storage import Storage, StorageError
 from rfc6455.errors import InvalidHandshake
 from rfc6455.http import Request
 from rfc6455.server import (
@@ -108,6 +112,19 @@ def _ip(connection: ServerConnection) -> str:
     return str(address)
 
 
+def _is_loopback(ip: str) -> bool:
+    """Whether ``ip`` is a loopback address (127.0.0.0/8, ::1, or ::ffff:127.x.y.z).
+    A Unix socket's peer has no address and is not counted as one.
+    """
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
 def _json(status: int, body: Any) -> HttpResponse:
     return HttpResponse(
         status,
@@ -157,6 +174,8 @@ class ChatHandler(Handler):
         settings: ChatSettings | None = None,
     ) -> None:
         self.hub = hub
+        #: The hub's counters: one set per server, rendered by ``GET /metrics``.
+        self.metrics: ChatMetrics = hub.metrics
         self.static_dir = static_dir.resolve()
         self.settings = settings or ChatSettings()
         #: Set by ``ChatServer``: accounts and tokens (None: guests only, no logins).
@@ -177,40 +196,51 @@ class ChatHandler(Handler):
         self, connection: ServerConnection, request: Request
     ) -> Sequence[tuple[str, str]]:
         if request.path != "/ws":
-            raise InvalidHandshake("no WebSocket endpoint here; use /ws", 404)
+            raise self._refusal("rejected_other", "no WebSocket endpoint here; use /ws", 404)
         # Section 10.2: a browser names the page that opens the socket; a page of another
         # origin must not chat with the visitor's credentials.
         origins = request.headers.get_all("Origin")
         if len(origins) > 1:
-            raise InvalidHandshake("more than one Origin header", 403)
+            raise self._refusal("rejected_origin", "more than one Origin header", 403)
         refusal = self.origins.check(
             origins[0] if origins else None, request.headers.get("Host"), tls=connection.tls
         )
         if refusal is not None:
             logger.warning("%s: upgrade refused: %s (%s)", connection.peer, refusal, origins[:1])
-            raise InvalidHandshake(refusal, 403)
+            raise self._refusal("rejected_origin", refusal, 403)
         query = request.query
         user, expires = self._authenticated(connection, request)
         if user is None and self.settings.auth == "required":
-            raise InvalidHandshake("authentication required: log in first", 401)
+            raise self._refusal("rejected_auth", "authentication required: log in first", 401)
         name = user or query.get("name") or "guest"
         if not protocol.is_valid_name(name):
-            raise InvalidHandshake("a name is 1-50 letters, digits, '-', '_' or '.'", 400)
+            raise self._refusal(
+                "rejected_other", "a name is 1-50 letters, digits, '-', '_' or '.'", 400
+            )
         if user is None and self.accounts is not None and self.accounts.exists(name):
-            raise InvalidHandshake("this name belongs to an account: log in to use it", 403)
+            raise self._refusal(
+                "rejected_auth", "this name belongs to an account: log in to use it", 403
+            )
         room = query.get("room") or None
         if room is not None and not protocol.is_valid_room(room):
-            raise InvalidHandshake("a room name is 1-64 letters, digits, '-', '_' or '.'", 400)
+            raise self._refusal(
+                "rejected_other", "a room name is 1-64 letters, digits, '-', '_' or '.'", 400
+            )
         ip = _ip(connection)
         full = self.connections.admit(ip)
         if full is not None:
             logger.warning("%s: upgrade refused: %s", connection.peer, full)
-            raise InvalidHandshake(full.replace("_", " "), 503)
+            raise self._refusal("rejected_limit", full.replace("_", " "), 503)
         # Counted for real in on_open: the upgrade may still fail (a malformed
         # Sec-WebSocket-Protocol), and then no on_close would give the slot back.
         self.connections.release(ip)
         connection.context = _Pending(name, room, query.get("session") or None, ip, expires)
         return ()
+
+    def _refusal(self, outcome: str, reason: str, status: int) -> InvalidHandshake:
+        """The refusal of an upgrade, counted by why (``HANDSHAKE_OUTCOMES``)."""
+        self.metrics.count_handshake(outcome)
+        return InvalidHandshake(reason, status)
 
     def _authenticated(
         self, connection: ServerConnection, request: Request
@@ -255,6 +285,7 @@ class ChatHandler(Handler):
                 lambda: connection.close(CLOSE_TOKEN_EXPIRED, "token expired: log in again"),
             )
         connection.context = live
+        self.metrics.count_handshake("accepted")
         # Not the session id: it is a bearer secret (it takes the session over).
         logger.info("%s: %s connected", connection.peer, session.user)
 
@@ -269,6 +300,7 @@ class ChatHandler(Handler):
         verdict = live.gate.check()
         if verdict is not Verdict.PASS:
             self.rate_limited += 1
+            self.metrics.count_rate_limited(closed=verdict is Verdict.CLOSE)
             if verdict is Verdict.CLOSE:
                 logger.warning(
                     "%s: %s closed: over the rate limit", connection.peer, live.session.user
@@ -285,6 +317,9 @@ class ChatHandler(Handler):
             self.hub.refuse_binary(live.session)
 
     def on_close(self, connection: ServerConnection, code: int, reason: str) -> None:
+        # Close frames chatd sent are counted by the runtime (Server.stats).
+        if connection.protocol.close_received:
+            self.metrics.count_close(code, "received")
         live = connection.context
         if isinstance(live, _Live):
             self.connections.release(live.ip)
@@ -345,10 +380,54 @@ class ChatHandler(Handler):
             response = _error(401, "unauthenticated", "log in first")
         elif path == "/api/me":
             response = self._me(connection, request)
+        elif path == "/metrics" and request.method in ("GET", "HEAD"):
+            response = self._metrics(connection, request)
+        elif path == "/ready" and request.method in ("GET", "HEAD"):
+            response = self._ready(connection.server)
         else:
             response = self.on_http(request, body)
         response.headers += cors
         return response
+
+    # --- operations: metrics and readiness -----------------------------------------------------
+
+    def _metrics(self, connection: ServerConnection, request: Request) -> HttpResponse:
+        """``GET /metrics``: the Prometheus exposition (OpenMetrics when asked for)."""
+        if not self._may_read_metrics(connection, request):
+            return _error(403, "forbidden", "metrics are served to loopback and to administrators")
+        body, content_type = self.metrics.render(request.headers.get("Accept"))
+        return HttpResponse(
+            200,
+            body,
+            content_type,
+            [("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")],
+        )
+
+    def _may_read_metrics(self, connection: ServerConnection, request: Request) -> bool:
+        """In ``open`` mode, anyone; in ``required`` mode, a loopback peer (a scraper on
+        this host) or a logged-in administrator. Behind a reverse proxy on this host,
+        every request comes from loopback: the proxy must not pass ``/metrics`` on.
+        """
+        if self.settings.auth == "open" or _is_loopback(_ip(connection)):
+            return True
+        user, _ = self._authenticated(connection, request)
+        if user is None or self.accounts is None:
+            return False
+        account = self.accounts.get(user)
+        return account is not None and account.is_admin
+
+    def _ready(self, server: Server) -> HttpResponse:
+        """``GET /ready``: 200 while the server takes connections and the database
+        answers; 503 once a shutdown began (``/health`` only says the process lives).
+        """
+        if server.stopping:
+            return _json(503, {"status": "stopping"})
+        try:
+            self.hub.storage.schema_version()  # a read of the database file
+        except (sqlite3.Error, StorageError) as error:
+            logger.warning("not ready: the database does not answer: %s", error)
+            return _json(503, {"status": "database_unavailable"})
+        return _json(200, {"status": "ready"})
 
     # --- accounts and tokens -------------------------------------------------------------------
 
@@ -392,18 +471,23 @@ class ChatHandler(Handler):
             return credentials
         username, password = credentials
         ip = _ip(connection)
+        login = path == "/api/auth/login"  # registrations are not counted as logins
         if not self.throttle.allowed(ip):
+            if login:
+                self.metrics.count_login("throttled")
             wait = math.ceil(self.throttle.retry_after(ip))
             logger.warning("%s: login refused: too many failures", connection.peer)
             response = _error(429, "rate_limited", f"too many attempts: retry in {wait} s")
             response.headers.append(("Retry-After", str(wait)))
             return response
         if self._checks_in_flight >= MAX_CHECKS_IN_FLIGHT:
+            if login:
+                self.metrics.count_login("busy")
             # Each check is tens of milliseconds of a worker: bound the queue.
             response = _error(503, "busy", "too many logins at once: retry in a moment")
             response.headers.append(("Retry-After", "1"))
             return response
-        if path == "/api/auth/register":
+        if not login:
             return self._register(connection, username, password, cors)
         return self._login(connection, username, password, cors)
 
@@ -429,10 +513,12 @@ class ChatHandler(Handler):
 
         def done(result: bool | BaseException) -> None:
             if result is True and known:
+                self.metrics.count_login("succeeded")
                 self.throttle.succeeded(ip)
                 logger.info("%s: %s logged in", connection.peer, username)
                 response = self._token_response(200, username, secure)
             else:
+                self.metrics.count_login("failed")
                 logger.warning("%s: failed login for %r", connection.peer, username[:50])
                 response = _error(401, "bad_credentials", "wrong user name or password")
             response.headers += cors
@@ -515,6 +601,8 @@ class ChatHandler(Handler):
             "/",
             "/index.html",
             "/health",
+            "/metrics",
+            "/ready",
             "/ws",
             "/api/status",
             "/api/rooms",
@@ -624,11 +712,14 @@ class ChatServer:
         settings.validate()
         self.settings = settings
         self.storage = Storage(database)
+        #: Every chatd metric; ``GET /metrics`` renders them.
+        self.metrics = ChatMetrics()
         self.hub = Hub(
             self.storage,
             prepare=Server.prepare_many,
             max_rooms=settings.limits.max_rooms_per_connection,
             history_page=settings.history_on_join,
+            metrics=self.metrics,
         )
         # One chat message is a JSON object of a few KiB at most: refuse bigger messages
         # with 1009 before they are buffered (DESIGN.md: 4,000 characters of text).
@@ -646,10 +737,38 @@ class ChatServer:
         self.handler.accounts = self.accounts
         self.handler.tokens = TokenIssuer(secret, ttl=settings.token_ttl)
         self.server = Server(self.handler, config)
+        self.metrics.attach(self.server, self.hub, self.handler)
+        self.metrics.loop_lag.start(self.server)
         self.hub.deliver = self.server.send_prepared_many
         # One transaction per loop tick, then the acks and broadcasts it allows.
         self.server.add_tick_callback(self._flush)
         self._expiry = self.server.call_later(30.0, self._expire)
+
+    def apply(self, settings: ChatSettings) -> None:
+        """Take new settings while running (SIGHUP): origins, limits, auth and login
+        rules apply to what comes next; open connections stay open. The TLS mode and
+        the signing secret stay as they were at start.
+        """
+        settings = dataclasses.replace(
+            settings,
+            tls=self.settings.tls,
+            secret=self.settings.secret,
+            secret_file=self.settings.secret_file,
+        )
+        settings.validate()
+        self.settings = settings
+        handler = self.handler
+        handler.settings = settings
+        handler.origins = OriginPolicy.from_config(
+            settings.allowed_origins, allow_missing=settings.allow_missing_origin
+        )
+        limits = settings.limits
+        handler.connections.max_total = limits.max_connections
+        handler.connections.max_per_ip = limits.max_connections_per_ip
+        handler.throttle.attempts = settings.login_attempts
+        handler.throttle.per = settings.login_window
+        self.hub.max_rooms = limits.max_rooms_per_connection
+        self.hub.history_page = settings.history_on_join
 
     def _flush(self) -> None:
         self.hub.flush()
@@ -660,5 +779,6 @@ class ChatServer:
 
     def close(self) -> None:
         """Commit what is pending and close the database (after the server stopped)."""
+        self.metrics.loop_lag.stop()
         self.hub.flush()
         self.storage.close()

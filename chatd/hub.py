@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatd import protocol
+from chatd.metrics import ChatMetrics
 from chatd.protocol import (
     DirectMessage,
     History,
@@ -48,6 +49,19 @@ HELP_TEXT = (
 )
 SHRUG = "¯\\_(ツ)_/¯"
 
+#: Each parsed client message's ``type`` on the wire, for ``chatd_messages_received_total``.
+MESSAGE_TYPES: dict[type[protocol.ClientMessage], str] = {
+    Join: "join",
+    Leave: "leave",
+    RoomMessage: "message",
+    DirectMessage: "dm",
+    Typing: "typing",
+    History: "history",
+    Resume: "resume",
+    Receipt: "receipt",
+    Ping: "ping",
+}
+
 
 class Peer(Protocol):
     """What the hub needs of a connection: ``rfc6455.server.ServerConnection`` fits."""
@@ -75,10 +89,15 @@ class Session:
     detached_at: float | None = None
     #: A logged-in user's session: its name is the account's, fixed.
     authenticated: bool = False
+    #: Where what it is sent is counted (the hub's); None: not counted.
+    metrics: ChatMetrics | None = field(default=None, repr=False)
 
     def send(self, message: dict[str, Any]) -> None:
-        if self.peer is not None:
-            self.peer.send_text(encode(message))
+        if self.peer is None:
+            return
+        sent = self.peer.send_text(encode(message))
+        if sent and self.metrics is not None:
+            self.metrics.count_message_out(message["type"])
 
 
 @dataclass
@@ -100,8 +119,11 @@ class Hub:
         clock: Callable[[], float] = time.monotonic,
         max_rooms: int = 0,
         history_page: int = protocol.HISTORY_PAGE,
+        metrics: ChatMetrics | None = None,
     ) -> None:
         self.storage = storage
+        #: Messages in and out and commit times (``chatd_*`` at ``GET /metrics``).
+        self.metrics = metrics if metrics is not None else ChatMetrics()
         #: Encodes text messages once into frames every peer can send
         #: (``rfc6455.server.Server.prepare_many``): a broadcast costs one encoding.
         self.prepare = prepare
@@ -165,7 +187,13 @@ class Hub:
                 session.user = self._unique_name(session.user)
         else:
             user = name if authenticated else self._unique_name(name)
-            session = Session(secrets.token_urlsafe(12), user, None, authenticated=authenticated)
+            session = Session(
+                secrets.token_urlsafe(12),
+                user,
+                None,
+                authenticated=authenticated,
+                metrics=self.metrics,
+            )
             session.rooms.add(LOBBY)
             self.sessions[session.id] = session
         session.peer = peer
@@ -265,12 +293,19 @@ class Hub:
         self.messages_in += 1
         try:
             message = protocol.parse_client_message(text)
+        except ProtocolError as error:
+            self.metrics.count_message_in("invalid")
+            session.send(error.to_wire())
+            return
+        self.metrics.count_message_in(MESSAGE_TYPES.get(type(message), "other"))
+        try:
             self._dispatch(session, message)
         except ProtocolError as error:
             session.send(error.to_wire())
 
     def refuse_binary(self, session: Session) -> None:
         """Binary frames are not part of the protocol."""
+        self.metrics.count_message_in("binary")
         session.send(ProtocolError("unsupported", "binary frames are not supported").to_wire())
 
     def _dispatch(self, session: Session, message: protocol.ClientMessage) -> None:
@@ -536,7 +571,8 @@ class Hub:
         """
         if not self.storage.pending:
             return 0
-        committed = self.storage.commit()
+        with self.metrics.time_commit():
+            committed = self.storage.commit()
         # A room's messages of this tick go out together, in seq order: each member is
         # handed one prepared run of frames, not one per message.
         by_room: dict[str, list[str]] = {}
@@ -544,7 +580,8 @@ class Hub:
             if isinstance(item, StoredMessage):
                 by_room.setdefault(item.room, []).append(encode(_message_wire(item)))
         for room, wires in by_room.items():
-            self._deliver_room(room, self.prepare(wires))
+            delivered = self._deliver_room(room, self.prepare(wires))
+            self.metrics.count_message_out("message", delivered * len(wires))
         for item in committed:
             if isinstance(item, StoredMessage):
                 waiters = self._waiting.pop(("room", item.room, item.seq), None)
@@ -570,9 +607,10 @@ class Hub:
         exclude: Session | None = None,
         exclude_user: str | None = None,
     ) -> None:
-        self._deliver_room(
+        delivered = self._deliver_room(
             room, self.prepare((encode(message),)), exclude=exclude, exclude_user=exclude_user
         )
+        self.metrics.count_message_out(message["type"], delivered)
 
     def _deliver_room(
         self,
@@ -581,10 +619,11 @@ class Hub:
         *,
         exclude: Session | None = None,
         exclude_user: str | None = None,
-    ) -> None:
+    ) -> int:
+        """Hand ``prepared`` to the members of ``room``; return how many could send."""
         members = self.rooms.get(room)
         if not members:
-            return
+            return 0
         if exclude is None and exclude_user is None:
             peers = [each.peer for each in members if each.peer is not None]
         else:
@@ -593,7 +632,7 @@ class Hub:
                 for each in members
                 if each.peer is not None and each is not exclude and each.user != exclude_user
             ]
-        self.deliver(peers, prepared)
+        return self.deliver(peers, prepared)
 
     def _broadcast_all(self, message: dict[str, Any]) -> None:
         prepared = self.prepare((encode(message),))
@@ -603,7 +642,20 @@ class Hub:
             for each in sessions
             if each.peer is not None
         ]
-        self.deliver(peers, prepared)
+        self.metrics.count_message_out(message["type"], self.deliver(peers, prepared))
+
+    def announce_shutdown(self) -> None:
+        """Tell every connected client that the server is going away (before its 1001),
+        so that a client can say so rather than show a dropped connection.
+        """
+        self._broadcast_all(
+            {
+                "type": "system",
+                "room": None,
+                "event": "shutdown",
+                "text": "the server is restarting: reconnecting in a moment",
+            }
+        )
 
     # --- status --------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ __all__ = [
     "APPLICATION_CLOSE_CODES",
     "CLIENT_MESSAGE_TYPES",
     "CLOSE_DIRECTIONS",
+    "CLOSE_SENT_PREFIX",
     "COMMIT_BUCKETS",
     "HANDSHAKE_OUTCOMES",
     "LOGIN_OUTCOMES",
@@ -190,7 +191,6 @@ SERVER_STATS: Final[dict[str, _Stat]] = {
         "chatd_websocket_connections_closed_total",
         "WebSocket connections that ended after their handshake completed.",
     ),
-    # Not counted by the runtime yet; named here so that they read well once they are.
     "bytes_received": _Stat(
         "chatd_received_bytes_total",
         "Bytes read from client sockets (after TLS).",
@@ -200,6 +200,12 @@ SERVER_STATS: Final[dict[str, _Stat]] = {
         "Bytes written to client sockets (before TLS).",
     ),
 }
+
+#: ``Server.stats`` keys ``close_sent_<code>``: close frames the runtime sent on its own
+#: initiative (chatd's 1008, 4001 and 4401 go through it too; a shutdown's 1001, a ping
+#: timeout's 1011, a slow consumer's 1013, a protocol violation's 1002/1007/1009).
+#: Exported in ``chatd_close_frames_total{direction="sent"}``, not one counter per key.
+CLOSE_SENT_PREFIX: Final = "close_sent_"
 
 _NOT_A_NAME_CHARACTER = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -308,7 +314,11 @@ class ChatMetrics:
         _bump(self.messages_out, message_type, n)
 
     def count_close(self, code: int, direction: str) -> None:
-        """A close frame with ``code`` was ``sent`` by chatd or ``received`` from a peer."""
+        """A close frame with ``code`` was ``sent`` by chatd or ``received`` from a peer.
+
+        Not for close frames sent through ``ServerConnection.close``: the runtime counts
+        those (``Server.stats["close_sent_<code>"]``) and a scrape adds them in.
+        """
         if direction not in CLOSE_DIRECTIONS:
             raise ValueError(f"direction is 'sent' or 'received', not {direction!r}")
         self.closes[direction, _close_label(code)] += 1
@@ -394,10 +404,14 @@ class ChatMetrics:
         )
         closes = CounterMetricFamily(
             "chatd_close_frames_total",
-            "Close frames by direction (sent by chatd, received from the peer) and code.",
+            "Close frames by direction and code: sent, starting a closing handshake "
+            "(not the echo of a peer's close); received from the peer.",
             labels=("direction", "code"),
         )
-        for (direction, code), count in sorted(self.closes.items()):
+        counts = self.closes.copy()
+        if self._server is not None:
+            counts.update(_closes_sent(self._server.stats))
+        for (direction, code), count in sorted(counts.items()):
             closes.add_metric((direction, code), count)
         yield closes
         if self._server is not None:
@@ -418,10 +432,22 @@ class _ChatCollector:
         return self._metrics._collect()
 
 
+def _closes_sent(stats: dict[str, int]) -> Counter[tuple[str, str]]:
+    """The runtime's ``close_sent_<code>`` counts, by close code label."""
+    closes: Counter[tuple[str, str]] = Counter()
+    for key, value in stats.items():
+        if key.startswith(CLOSE_SENT_PREFIX):
+            code = key[len(CLOSE_SENT_PREFIX) :]
+            closes["sent", _close_label(int(code)) if code.isdigit() else "other"] += value
+    return closes
+
+
 def _server_metrics(server: Server) -> Iterator[Metric]:
     """The runtime's counters (``Server.stats``) and its connections right now."""
     families: dict[str, CounterMetricFamily] = {}
     for key, value in server.stats.items():
+        if key.startswith(CLOSE_SENT_PREFIX):
+            continue  # in chatd_close_frames_total
         stat = _server_stat(key)
         family = families.get(stat.name)
         if family is None:

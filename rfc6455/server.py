@@ -386,9 +386,18 @@ class ServerConnection:
         """
         if self.protocol.state is State.OPEN:
             self._queue(self.protocol.close(code, reason))
+            self._count_close_sent(code)
             self._start_close_timer()
         elif self.protocol.state is State.CONNECTING:
             self._abort("closed before the handshake completed")
+
+    def _count_close_sent(self, code: int) -> None:
+        """Count a close frame this side started (not the echo of a peer's), per code:
+        ``Server.stats["close_sent_<code>"]``.
+        """
+        stats = self.server.stats
+        key = f"close_sent_{code}"
+        stats[key] = stats.get(key, 0) + 1
 
     # --- the write path --------------------------------------------------------------------
 
@@ -426,6 +435,7 @@ class ServerConnection:
             sent = self.sock.send(data)
         except OSError:  # BlockingIOError, SSLWant*Error, or a failure seen again later
             sent = 0
+        self.server.stats["bytes_sent"] += sent
         if sent < len(data):
             self._outgoing += memoryview(data)[sent:]
             self._want_write(True)
@@ -439,6 +449,7 @@ class ServerConnection:
             "%s: closing slow consumer (%d bytes waiting)", self.peer, self.buffered_amount
         )
         close_frame = self.protocol.close(code, "slow consumer")
+        self._count_close_sent(code)
         self._pending.append(close_frame)
         self._pending_size += len(close_frame)
         self._start_close_timer()
@@ -465,12 +476,14 @@ class ServerConnection:
 
     def _send(self, data: bytes | bytearray) -> int:
         try:
-            return self.sock.send(data)
+            sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return 0
         except OSError as error:
             self._abort(f"send failed: {error}")
             return len(data)
+        self.server.stats["bytes_sent"] += sent
+        return sent
 
     def _on_writable(self) -> None:
         if self._tls_handshaking:
@@ -513,6 +526,7 @@ class ServerConnection:
         if not data:
             self._on_eof()
             return
+        self.server.stats["bytes_received"] += len(data)
         self._last_received = time.monotonic()
         self._receive(data)
         # TLS may hold decrypted bytes that select() cannot see: read them now, bounded.
@@ -530,6 +544,7 @@ class ServerConnection:
                 if not more:
                     self._on_eof()
                     return
+                self.server.stats["bytes_received"] += len(more)
                 self._receive(more)
                 if self.closed:
                     return
@@ -596,6 +611,10 @@ class ServerConnection:
                     int(failure.close_code),
                     failure.reason,
                 )
+                # Section 7.1.7: the protocol sent a close frame with the failure's code,
+                # unless the connection was closing already (then it sends nothing more).
+                if protocol.close_sent and protocol.close_code == failure.close_code:
+                    self._count_close_sent(failure.close_code)
         if protocol.should_close_transport:
             self._close_after_flush = True
             self._start_close_timer()
@@ -960,6 +979,11 @@ class Server:
             "ping_timeouts": 0,
             "tls_failures": 0,
             "closed": 0,
+            # Socket I/O, in bytes (after TLS): what recv returned, what send took.
+            "bytes_received": 0,
+            "bytes_sent": 0,
+            # Close frames this side started are counted as "close_sent_<code>" as they
+            # happen (ServerConnection._count_close_sent).
         }
 
     # --- sockets ---------------------------------------------------------------------------
@@ -1218,6 +1242,11 @@ class Server:
         while not self._stopping:
             self.run_once()
         self._finish_shutdown(shutdown_timeout)
+
+    @property
+    def stopping(self) -> bool:
+        """True once a shutdown was asked for or began: the server takes no new work."""
+        return self._shutdown_requested or self._stopping
 
     def request_shutdown(self) -> None:
         """Ask the loop to shut down; safe from another thread or a signal handler."""
