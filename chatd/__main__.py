@@ -4,8 +4,10 @@
 serves; with no flags it runs on its embedded defaults (SQLite at ``./var/chatd.sqlite3``,
 one process, http://127.0.0.1:8080, guests pick a name), which is what ``make run`` does.
 ``python -m chatd user add|passwd|list [NAME] [--db FILE]`` manages accounts (the
-password read without echo, or one line from stdin). The full configuration (a console
-script, environment variables, a TOML file) comes with the operations work.
+password read without echo, or one line from stdin), ``cert`` makes certificates for
+wss://, and ``check-config`` shows the effective configuration. Installed, the console
+script ``chatd`` does the same; every setting also comes from ``CHATD_<NAME>`` and a TOML
+file (chatd/options.py).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             arguments[1:],
             prog=f"{_prog()} cert",
             serve_hint=_prog() + " --certfile {certfile} --keyfile {keyfile}",
+            open_hint="https://localhost:8443/ (the WebSocket is wss://localhost:8443/ws)",
         )
     if arguments[:1] == ["check-config"]:
         return check_config(arguments[1:])
@@ -82,16 +85,43 @@ def _prog() -> str:
     return "chatd" if Path(sys.argv[0]).name == "chatd" else "python -m chatd"
 
 
+def _certificate_hosts(config: Loaded) -> list[str]:
+    """The names --tls's certificate must cover: localhost's, and the listen host."""
+    hosts = list(DEFAULT_HOSTS)
+    if config["host"] not in hosts and config["host"] not in ("0.0.0.0", "::"):
+        hosts.append(config["host"])
+    return hosts
+
+
+#: Settings that take effect only at start: a reload that changes them says so.
+RESTART_ONLY = (
+    "host",
+    "port",
+    "db",
+    "tls",
+    "cert_dir",
+    "secret_file",
+    "secret",
+    "log_format",
+    "max_message_size",
+    "max_head_size",
+    "max_headers",
+    "handshake_timeout",
+    "ping_interval",
+    "ping_timeout",
+    "close_timeout",
+    "write_limit",
+    "shutdown_timeout",
+)
+
+
 def _tls_context(config: Loaded) -> ssl.SSLContext | None:
     """The server's TLS context from certfile/keyfile or tls, or None for plain."""
     if config["certfile"] is not None:
         return server_context(config["certfile"], config["keyfile"])
     if not config["tls"]:
         return None
-    hosts = list(DEFAULT_HOSTS)
-    if config["host"] not in hosts and config["host"] not in ("0.0.0.0", "::"):
-        hosts.append(config["host"])
-    files = ensure_certificates(config["cert_dir"], hosts)
+    files = ensure_certificates(config["cert_dir"], _certificate_hosts(config))
     logger.info("TLS certificate %s (issued by %s)", files.certfile, files.issuer)
     return server_context(files.certfile, files.keyfile)
 
@@ -223,11 +253,16 @@ def serve(argv: Sequence[str]) -> int:
         # SIGTERM: tell every client first (a system message), then close them with 1001
         # and drain within shutdown_timeout; the loop does both on its own thread.
         notifier.stopping("shutting down")
-        chat.server.call_soon_threadsafe(chat.hub.announce_shutdown)
+        # One callback, in this order: the announcement must be queued before the tick
+        # that closes every connection (a busy loop would otherwise close first).
+        chat.server.call_soon_threadsafe(begin_shutdown)
+
+    def begin_shutdown() -> None:
+        chat.hub.announce_shutdown()
         chat.server.request_shutdown()
 
     def hangup(signum: int, frame: FrameType | None) -> None:
-        chat.server.call_soon_threadsafe(lambda: _reload(chat, argv, context, notifier))
+        chat.server.call_soon_threadsafe(lambda: _reload(chat, argv, context, notifier, config))
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
@@ -277,7 +312,11 @@ def _listen(
 
 
 def _reload(
-    chat: ChatServer, argv: Sequence[str], context: ssl.SSLContext | None, notifier: Notifier
+    chat: ChatServer,
+    argv: Sequence[str],
+    context: ssl.SSLContext | None,
+    notifier: Notifier,
+    started: Loaded,
 ) -> None:
     """SIGHUP: apply what may change while running (log level, origins, limits, the TLS
     certificate), keeping every connection; a bad configuration is logged and ignored.
@@ -293,7 +332,7 @@ def _reload(
         if context is not None:
             certfile, keyfile = config["certfile"], config["keyfile"]
             if certfile is None:
-                files = ensure_certificates(config["cert_dir"], list(DEFAULT_HOSTS))
+                files = ensure_certificates(config["cert_dir"], _certificate_hosts(config))
                 certfile, keyfile = files.certfile, files.keyfile
             # New handshakes get the new certificate; open connections keep theirs.
             context.load_cert_chain(certfile, keyfile)
@@ -303,6 +342,9 @@ def _reload(
         return
     logging.getLogger().setLevel(config["log_level"])
     chat.apply(settings)
+    changed = [name for name in RESTART_ONLY if config[name] != started[name]]
+    if changed:
+        logger.warning("reload: %s take effect only after a restart", ", ".join(changed))
     logger.info("reload: configuration applied to %d connections", len(chat.server.connections))
     notifier.ready("reloaded")
 

@@ -1,7 +1,8 @@
 """What chatd enforces, in one value: auth mode, origins and traffic limits.
 
-``ChatSettings`` is built once at start-up (from the command line today) and read by the
-handler and the hub; nothing changes it while the loop runs.
+``ChatSettings`` is built at start-up from the configuration (chatd/options.py) and read
+by the handler and the hub; on SIGHUP ``ChatServer.apply`` swaps in a new one, on the loop
+thread.
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ def main(
     argv: Sequence[str] | None = None,
     prog: str = "python -m tls",
     serve_hint: str = ECHO_HINT,
+    open_hint: str = "wss://localhost:8443/",
 ) -> int:
     """Run the command; returns the exit status (0 on success, 1 on failure).
 
@@ -79,13 +80,14 @@ def main(
     except (MkcertError, OSError, ValueError) as error:
         print(f"{prog}: {error}", file=sys.stderr)
         return 1
-    print(describe(files, serve_hint))
+    print(describe(files, serve_hint, open_hint))
     return 0
 
 
 def describe(
     files: CertificateFiles,
     serve_hint: str = ECHO_HINT,
+    open_hint: str = "wss://localhost:8443/",
 ) -> str:
     """What was made, how to trust it, and how to serve ``wss://`` with it."""
     certfile = shlex.quote(str(files.certfile.resolve()))
@@ -100,7 +102,7 @@ def describe(
         "\n"
         "Serve wss:// with it:\n"
         f"    {serve_hint.format(certfile=certfile, keyfile=keyfile)}\n"
-        "and connect to wss://localhost:8443/"
+        f"and open {open_hint}"
     )
 
 
