@@ -2,8 +2,9 @@
 
 ``ChatHandler`` plugs the hub into ``rfc6455.server``: upgrades on ``/ws`` become hub
 sessions; everything else is plain HTTP (the UI, static files, health, readiness,
-metrics and the JSON API). It never parses frames or HTTP itself: the runtime hands it
-requests and messages.
+metrics, the admin page and the JSON API); upgrades on ``/admin/ws`` feed the admin page
+(``AdminFeed``). It never parses frames or HTTP itself: the runtime hands it requests and
+messages.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from chatd.auth import (
     token_from_headers,
 )
 from chatd.config import ChatSettings
-from chatd.hub import Hub, Session
+from chatd.hub import Hub, Session, now_ms
 from chatd.limits import ConnectionLimiter, MessageGate, Verdict
-from chatd.metrics import ChatMetrics
+from chatd.metrics import ChatMetrics, EventLoopLag
 from chatd.origins import OriginPolicy
 from chatd.storage import Storage, StorageError
 from rfc6455.errors import InvalidHandshake
@@ -50,7 +51,7 @@ from rfc6455.server import (
 )
 from rfc6455.timers import Timer
 
-__all__ = ["STATIC_DIR", "ChatHandler", "ChatServer"]
+__all__ = ["ADMIN_PAGE", "ADMIN_WS", "STATIC_DIR", "AdminFeed", "ChatHandler", "ChatServer"]
 
 logger = logging.getLogger("chatd")
 
@@ -68,6 +69,15 @@ SECURITY_HEADERS = [
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
 ]
+#: The admin page (``GET /admin``, not under ``/static/``) and its WebSocket.
+ADMIN_PAGE = "admin.html"
+ADMIN_WS = "/admin/ws"
+#: Seconds between two ``admin`` snapshots.
+ADMIN_INTERVAL = 1.0
+#: Rooms and users an ``admin`` snapshot lists, at most (the counts are always whole).
+ADMIN_LISTED = 200
+#: Admin sockets open at once, at most: each is sent every snapshot.
+MAX_ADMIN_SOCKETS = 8
 
 
 @dataclass(slots=True)
@@ -92,6 +102,23 @@ class _Live:
     gate: MessageGate
     ip: str
     expiry: Timer | None = None
+
+
+@dataclass(slots=True)
+class _Admin:
+    """An admin socket (``/admin/ws``): not a chat session, no presence. ``user`` is the
+    administrator's account (None for a loopback peer in ``open`` mode).
+    """
+
+    user: str | None
+    ip: str
+    #: The token's expiry (epoch seconds), and the timer that closes the socket then.
+    expires: float | None = None
+    expiry: Timer | None = None
+
+    @property
+    def who(self) -> str:
+        return self.user or self.ip
 
 
 #: Close code and reason for a client that keeps sending past its rate limit.
@@ -164,6 +191,140 @@ def _query_int(value: str | None) -> int | None:
     return int(value)
 
 
+class AdminFeed:
+    """The admin page's live figures: while at least one admin socket is open, a repeating
+    timer on the loop builds one ``admin`` snapshot every ``interval`` seconds and sends
+    that same text to each of them (docs/protocol.md, "The admin feed").
+
+    A snapshot costs one pass over the live rooms and users, and lists at most ``limit``
+    of each; nothing runs while nobody watches.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        metrics: ChatMetrics,
+        *,
+        interval: float = ADMIN_INTERVAL,
+        limit: int = ADMIN_LISTED,
+    ) -> None:
+        self.hub = hub
+        self.metrics = metrics
+        self.interval = interval
+        self.limit = limit
+        #: The admin sockets open now.
+        self.sockets: set[ServerConnection] = set()
+        #: Event-loop lag (seconds): the last sample and the largest since start, fed by
+        #: the same ``EventLoopLag`` sampler as ``chatd_event_loop_lag_seconds``.
+        self.lag_last: float | None = None
+        self.lag_max = 0.0
+        self._server: Server | None = None
+        self._timer: Timer | None = None
+        #: Message totals at the last sample, when it was taken, and the rates since.
+        self._totals = (0, 0)
+        self._sampled = 0.0
+        self._rates: tuple[float, float] | None = None
+        self._slow_seen = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the snapshot timer is scheduled (only while an admin socket is open)."""
+        return self._timer is not None
+
+    def observe_lag(self, seconds: float) -> None:
+        """One loop-lag sample (``EventLoopLag``'s observer)."""
+        self.lag_last = seconds
+        self.lag_max = max(self.lag_max, seconds)
+
+    def add(self, connection: ServerConnection) -> None:
+        """An admin socket opened: it gets a snapshot now, then one per interval."""
+        self.sockets.add(connection)
+        if self._timer is None:
+            self._server = connection.server
+            self._totals = self._message_totals()
+            self._sampled = time.monotonic()
+            self._rates = None  # unknown until one interval has passed
+            self._timer = connection.server.call_later(self.interval, self._tick)
+        connection.send_text(protocol.encode(self.snapshot(connection.server)))
+
+    def remove(self, connection: ServerConnection) -> None:
+        """An admin socket closed; the timer stops with the last one."""
+        self.sockets.discard(connection)
+        if not self.sockets and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def note_slow_consumers(self, server: Server) -> None:
+        """Record the connections the runtime closed as slow consumers since last time
+        (it counts them in ``Server.stats``; chatd learns of each only from its close).
+        """
+        seen = server.stats.get("slow_consumers", 0)
+        for _ in range(min(seen - self._slow_seen, 100)):
+            self.hub.events.record("slow_consumer", detail="closed: not reading")
+        self._slow_seen = seen
+
+    def _tick(self) -> None:
+        self._timer = None
+        server = self._server
+        if server is None or not self.sockets:
+            return
+        self._timer = server.call_later(self.interval, self._tick)  # first: a failure
+        # below must not stop the feed
+        self.note_slow_consumers(server)
+        self._sample_rates()
+        text = protocol.encode(self.snapshot(server))
+        for connection in list(self.sockets):
+            if connection.is_open:
+                connection.send_text(text)
+
+    def _message_totals(self) -> tuple[int, int]:
+        return sum(self.metrics.messages_in.values()), sum(self.metrics.messages_out.values())
+
+    def _sample_rates(self) -> None:
+        now = time.monotonic()
+        totals = self._message_totals()
+        elapsed = now - self._sampled
+        if elapsed > 0:
+            self._rates = (
+                (totals[0] - self._totals[0]) / elapsed,
+                (totals[1] - self._totals[1]) / elapsed,
+            )
+        self._totals, self._sampled = totals, now
+
+    def snapshot(self, server: Server) -> dict[str, Any]:
+        """The ``admin`` message: the server's figures now."""
+        status = self.hub.status()
+        rates = self._rates
+        totals = self._message_totals()
+        snapshot: dict[str, Any] = {
+            "type": "admin",
+            "ts": now_ms(),
+            "uptime": status["uptime"],
+            "connections": status["connections"],
+            "sockets": len(server.connections),
+            "admins": len(self.sockets),
+            "sessions": status["sessions"],
+            "users_online": status["users_online"],
+            "users": self.hub.online_users(self.limit),
+            "rooms_active": status["rooms_active"],
+            "rooms_stored": status["stored_rooms"],
+            "rooms": self.hub.active_rooms(self.limit),
+            "messages": {
+                "in_total": totals[0],
+                "out_total": totals[1],
+                "in_per_second": None if rates is None else round(rates[0], 2),
+                "out_per_second": None if rates is None else round(rates[1], 2),
+            },
+            "events": self.hub.events.to_wire(),
+        }
+        if self.lag_last is not None:
+            snapshot["loop_lag"] = {
+                "last": round(self.lag_last, 6),
+                "max": round(self.lag_max, 6),
+            }
+        return snapshot
+
+
 class ChatHandler(Handler):
     """The chat service behind ``rfc6455.server.Server``."""
 
@@ -189,16 +350,18 @@ class ChatHandler(Handler):
         limits = self.settings.limits
         self.connections = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
         self.rate_limited = 0
+        #: The admin page's snapshots, sent over ``/admin/ws``.
+        self.admin = AdminFeed(hub, self.metrics)
 
     # --- WebSocket ---------------------------------------------------------------------------
 
     def on_connect(
         self, connection: ServerConnection, request: Request
     ) -> Sequence[tuple[str, str]]:
-        if request.path != "/ws":
+        if request.path not in ("/ws", ADMIN_WS):
             raise self._refusal("rejected_other", "no WebSocket endpoint here; use /ws", 404)
         # Section 10.2: a browser names the page that opens the socket; a page of another
-        # origin must not chat with the visitor's credentials.
+        # origin must not chat (or watch the admin feed) with the visitor's credentials.
         origins = request.headers.get_all("Origin")
         if len(origins) > 1:
             raise self._refusal("rejected_origin", "more than one Origin header", 403)
@@ -208,6 +371,9 @@ class ChatHandler(Handler):
         if refusal is not None:
             logger.warning("%s: upgrade refused: %s (%s)", connection.peer, refusal, origins[:1])
             raise self._refusal("rejected_origin", refusal, 403)
+        if request.path == ADMIN_WS:
+            connection.context = self._admin_upgrade(connection, request)
+            return ()
         query = request.query
         user, expires = self._authenticated(connection, request)
         if user is None and self.settings.auth == "required":
@@ -230,6 +396,7 @@ class ChatHandler(Handler):
         full = self.connections.admit(ip)
         if full is not None:
             logger.warning("%s: upgrade refused: %s", connection.peer, full)
+            self.hub.events.record("connection_refused", name, detail=full.replace("_", " "))
             raise self._refusal("rejected_limit", full.replace("_", " "), 503)
         # Counted for real in on_open: the upgrade may still fail (a malformed
         # Sec-WebSocket-Protocol), and then no on_close would give the slot back.
@@ -259,7 +426,46 @@ class ChatHandler(Handler):
             return None, None
         return user, self.tokens.expiry(token)
 
+    def _admin_upgrade(self, connection: ServerConnection, request: Request) -> _Admin:
+        """Admit an upgrade on ``/admin/ws`` by the admin page's rule, or refuse it with
+        401 or 403 before the upgrade (503 when too many admin sockets are open).
+        """
+        access = self._admin_access(connection, request)
+        if not isinstance(access, _Admin):
+            status, _, message = access
+            logger.warning("%s: admin upgrade refused: %s", connection.peer, message)
+            raise self._refusal("rejected_auth", message, status)
+        if len(self.admin.sockets) >= MAX_ADMIN_SOCKETS:
+            raise self._refusal(
+                "rejected_limit", f"at most {MAX_ADMIN_SOCKETS} admin connections", 503
+            )
+        return access
+
+    def _admin_access(
+        self, connection: ServerConnection, request: Request
+    ) -> _Admin | tuple[int, str, str]:
+        """Who may see the admin page and its feed: in ``open`` mode a loopback peer
+        (127.0.0.0/8, ::1), else 403; in ``required`` mode a logged-in administrator
+        (``chatd user add --admin``): 401 without a valid token, 403 for anyone else.
+        Returns the admitted ``_Admin``, or the refusal's (status, code, message).
+        """
+        ip = _ip(connection)
+        if self.settings.auth == "open":
+            if _is_loopback(ip):
+                return _Admin(None, ip)
+            return 403, "forbidden", "the admin page is served to loopback only"
+        user, expires = self._authenticated(connection, request)
+        if user is None:
+            return 401, "unauthenticated", "log in as an administrator first"
+        account = self.accounts.get(user) if self.accounts is not None else None
+        if account is None or not account.is_admin:
+            return 403, "forbidden", "the admin page is for administrators"
+        return _Admin(user, ip, expires)
+
     def on_open(self, connection: ServerConnection) -> None:
+        if isinstance(connection.context, _Admin):
+            self._open_admin(connection, connection.context)
+            return
         pending = connection.context
         assert isinstance(pending, _Pending)
         session = self.hub.connect(
@@ -289,6 +495,17 @@ class ChatHandler(Handler):
         # Not the session id: it is a bearer secret (it takes the session over).
         logger.info("%s: %s connected", connection.peer, session.user)
 
+    def _open_admin(self, connection: ServerConnection, admin: _Admin) -> None:
+        if admin.expires is not None:
+            admin.expiry = connection.server.call_later(
+                max(0.0, admin.expires - time.time()),
+                lambda: connection.close(CLOSE_TOKEN_EXPIRED, "token expired: log in again"),
+            )
+        self.metrics.count_handshake("accepted")
+        self.hub.events.record("admin", admin.user, detail=f"watching from {admin.ip}")
+        logger.info("%s: admin feed opened for %s", connection.peer, admin.who)
+        self.admin.add(connection)
+
     def on_message(self, connection: ServerConnection, message: str | bytes) -> None:
         live = connection.context
         if not isinstance(live, _Live) or live.session.peer is not connection:
@@ -301,6 +518,11 @@ class ChatHandler(Handler):
         if verdict is not Verdict.PASS:
             self.rate_limited += 1
             self.metrics.count_rate_limited(closed=verdict is Verdict.CLOSE)
+            self.hub.events.record(
+                "rate_limited",
+                live.session.user,
+                detail="closed" if verdict is Verdict.CLOSE else "refused",
+            )
             if verdict is Verdict.CLOSE:
                 logger.warning(
                     "%s: %s closed: over the rate limit", connection.peer, live.session.user
@@ -320,13 +542,20 @@ class ChatHandler(Handler):
         # Close frames chatd sent are counted by the runtime (Server.stats).
         if connection.protocol.close_received:
             self.metrics.count_close(code, "received")
+        self.admin.note_slow_consumers(connection.server)
         live = connection.context
+        if isinstance(live, _Admin):
+            if live.expiry is not None:
+                live.expiry.cancel()
+            self.admin.remove(connection)
+            logger.info("%s: admin feed closed for %s (%d)", connection.peer, live.who, code)
         if isinstance(live, _Live):
             self.connections.release(live.ip)
             if live.expiry is not None:
                 live.expiry.cancel()
             if live.session.peer is connection:
                 self.hub.disconnect(live.session)
+                self.hub.events.record("disconnect", live.session.user, detail=str(code))
                 logger.info("%s: %s disconnected (%d)", connection.peer, live.session.user, code)
 
     # --- HTTP ----------------------------------------------------------------------------------
@@ -384,6 +613,8 @@ class ChatHandler(Handler):
             response = self._metrics(connection, request)
         elif path == "/ready" and request.method in ("GET", "HEAD"):
             response = self._ready(connection.server)
+        elif path == "/admin" and request.method in ("GET", "HEAD"):
+            response = self._admin_page(connection, request)
         else:
             response = self.on_http(request, body)
         response.headers += cors
@@ -415,6 +646,18 @@ class ChatHandler(Handler):
             return False
         account = self.accounts.get(user)
         return account is not None and account.is_admin
+
+    def _admin_page(self, connection: ServerConnection, request: Request) -> HttpResponse:
+        """``GET /admin``: the monitoring page, to whom ``_admin_access`` admits (the page
+        holds no data: its feed, ``/admin/ws``, checks the same rule again).
+        """
+        access = self._admin_access(connection, request)
+        if not isinstance(access, _Admin):
+            return _error(*access)
+        page = self.static_dir / ADMIN_PAGE
+        if not page.is_file():
+            return _error(404, "not_found", "this server has no admin page")
+        return self._file(page)
 
     def _ready(self, server: Server) -> HttpResponse:
         """``GET /ready``: 200 while the server takes connections and the database
@@ -515,10 +758,12 @@ class ChatHandler(Handler):
             if result is True and known:
                 self.metrics.count_login("succeeded")
                 self.throttle.succeeded(ip)
+                self.hub.events.record("login", username, detail=ip)
                 logger.info("%s: %s logged in", connection.peer, username)
                 response = self._token_response(200, username, secure)
             else:
                 self.metrics.count_login("failed")
+                self.hub.events.record("login_failed", username if known else None, detail=ip)
                 logger.warning("%s: failed login for %r", connection.peer, username[:50])
                 response = _error(401, "bad_credentials", "wrong user name or password")
             response.headers += cors
@@ -562,6 +807,7 @@ class ChatHandler(Handler):
                 except AccountError:
                     response = _error(409, "name_taken", f"the name {username} is taken")
                 else:
+                    self.hub.events.record("register", username, detail=_ip(connection))
                     logger.info("%s: account %s registered", connection.peer, username)
                     response = self._token_response(201, username, secure)
             response.headers += cors
@@ -604,6 +850,8 @@ class ChatHandler(Handler):
             "/metrics",
             "/ready",
             "/ws",
+            "/admin",
+            ADMIN_WS,
             "/api/status",
             "/api/rooms",
             "/api/me",
@@ -621,9 +869,9 @@ class ChatHandler(Handler):
             return self._static(path[len("/static/") :])
         if path == "/health":
             return _json(200, {"status": "ok"})
-        if path == "/ws":
+        if path in ("/ws", ADMIN_WS):
             # RFC 9110 section 15.5.22: say which protocol this resource needs.
-            response = _error(426, "upgrade_required", "/ws is a WebSocket endpoint")
+            response = _error(426, "upgrade_required", f"{path} is a WebSocket endpoint")
             response.headers.append(("Upgrade", "websocket"))
             return response
         if path == "/api/status":
@@ -686,6 +934,13 @@ class ChatHandler(Handler):
         candidate = (self.static_dir / name).resolve()
         if not candidate.is_relative_to(self.static_dir) or not candidate.is_file():
             return _error(404, "not_found", "no such file")
+        if candidate == self.static_dir / ADMIN_PAGE:
+            return _error(404, "not_found", "the admin page is at /admin")
+        return self._file(candidate)
+
+    @staticmethod
+    def _file(candidate: Path) -> HttpResponse:
+        """A static file, with the UI's security headers."""
         content_type = mimetypes.guess_type(candidate.name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type.endswith("javascript"):
             content_type += "; charset=utf-8"
@@ -738,6 +993,8 @@ class ChatServer:
         self.handler.tokens = TokenIssuer(secret, ttl=settings.token_ttl)
         self.server = Server(self.handler, config)
         self.metrics.attach(self.server, self.hub, self.handler)
+        # Each loop-lag sample feeds the histogram and the admin page's last/max.
+        self.metrics.loop_lag = EventLoopLag(self._observe_loop_lag)
         self.metrics.loop_lag.start(self.server)
         self.hub.deliver = self.server.send_prepared_many
         # One transaction per loop tick, then the acks and broadcasts it allows.
@@ -769,6 +1026,12 @@ class ChatServer:
         handler.throttle.per = settings.login_window
         self.hub.max_rooms = limits.max_rooms_per_connection
         self.hub.history_page = settings.history_on_join
+        if handler.tokens is not None:
+            handler.tokens.ttl = settings.token_ttl  # for logins from now on
+
+    def _observe_loop_lag(self, seconds: float) -> None:
+        self.metrics.event_loop_lag.observe(seconds)
+        self.handler.admin.observe_lag(seconds)
 
     def _flush(self) -> None:
         self.hub.flush()

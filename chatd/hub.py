@@ -9,9 +9,11 @@ to the room, so an acknowledged message is never lost and ``seq`` never goes bac
 
 from __future__ import annotations
 
+import heapq
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,7 +35,7 @@ from chatd.protocol import (
 )
 from chatd.storage import Storage, StoredDM, StoredMessage
 
-__all__ = ["LOBBY", "Hub", "Peer", "Session"]
+__all__ = ["LOBBY", "MAX_RECENT_EVENTS", "Hub", "Peer", "RecentEvents", "Session"]
 
 logger = logging.getLogger("chatd.hub")
 
@@ -48,6 +50,8 @@ HELP_TEXT = (
     "/shrug [text] · /who · /help"
 )
 SHRUG = "¯\\_(ツ)_/¯"
+#: Notable events (connects, joins, logins, refusals) kept for the admin page.
+MAX_RECENT_EVENTS = 50
 
 #: Each parsed client message's ``type`` on the wire, for ``chatd_messages_received_total``.
 MESSAGE_TYPES: dict[type[protocol.ClientMessage], str] = {
@@ -100,6 +104,63 @@ class Session:
             self.metrics.count_message_out(message["type"])
 
 
+@dataclass(slots=True)
+class _Event:
+    """One entry of ``RecentEvents``: what happened, to whom, and how many times in a row."""
+
+    ts: int
+    kind: str
+    user: str | None
+    room: str | None
+    detail: str | None
+    count: int = 1
+
+
+class RecentEvents:
+    """The last ``size`` notable events, for the admin page: a bounded deque, one append
+    per event. The same event again at once (a flood of rate-limit refusals from one
+    user) bumps the last entry's ``count`` instead of pushing the others out.
+    """
+
+    def __init__(self, size: int = MAX_RECENT_EVENTS) -> None:
+        self._events: deque[_Event] = deque(maxlen=size)
+
+    def record(
+        self,
+        kind: str,
+        user: str | None = None,
+        *,
+        room: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Note that ``kind`` happened (to ``user``, in ``room``), now."""
+        ts = now_ms()
+        if self._events:
+            last = self._events[-1]
+            if (last.kind, last.user, last.room, last.detail) == (kind, user, room, detail):
+                last.count += 1
+                last.ts = ts
+                return
+        self._events.append(_Event(ts, kind, user, room, detail))
+
+    def to_wire(self) -> list[dict[str, Any]]:
+        """The events, oldest first, as the ``admin`` message lists them."""
+        return [
+            {
+                "ts": event.ts,
+                "kind": event.kind,
+                "user": event.user,
+                "room": event.room,
+                "detail": event.detail,
+                "count": event.count,
+            }
+            for event in self._events
+        ]
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+
 @dataclass
 class _Waiters:
     """Sessions waiting for the ack of one stored item."""
@@ -145,6 +206,8 @@ class Hub:
         self._waiting: dict[tuple[str, str, int], _Waiters] = {}
         self.started = time.time()
         self.messages_in = 0
+        #: What the admin page lists as recent events; the application adds its own.
+        self.events = RecentEvents()
         storage.ensure_room(LOBBY, now_ms())
 
     # --- sessions ------------------------------------------------------------------------
@@ -221,6 +284,9 @@ class Hub:
                     "history_page": self.history_page,
                 },
             }
+        )
+        self.events.record(
+            "connect", session.user, detail="resumed" if session_id == session.id else None
         )
         if first and not present:
             self._broadcast_all({"type": "presence", "event": "online", "user": session.user})
@@ -346,6 +412,7 @@ class Hub:
         members = self.rooms.setdefault(room, set())
         members.add(session)
         if announce and not was_there:
+            self.events.record("join", session.user, room=room)
             self._broadcast_room(
                 room,
                 {"type": "presence", "event": "join", "user": session.user, "room": room},
@@ -370,6 +437,7 @@ class Hub:
         if members is not None:
             members.discard(session)
         if not self._user_in_room(session.user, room):
+            self.events.record("leave", session.user, room=room)
             self._broadcast_room(
                 room, {"type": "presence", "event": "leave", "user": session.user, "room": room}
             )
@@ -496,6 +564,7 @@ class Hub:
             each.user = new
         self.users[new] = sessions
         self.storage.ensure_user(new, now_ms())
+        self.events.record("rename", new, detail=f"was {old}")
         self._broadcast_all({"type": "presence", "event": "rename", "user": new, "old": old})
 
     # --- typing, history, resume, receipts --------------------------------------------------------
@@ -671,6 +740,40 @@ class Hub:
             "messages_received": self.messages_in,
             **{f"stored_{key}": value for key, value in self.storage.counts().items()},
         }
+
+    def online_users(self, limit: int) -> list[dict[str, Any]]:
+        """The first ``limit`` online users by name, for the admin page: each with its
+        number of live connections and whether it is an account's (else a guest).
+        """
+        return [
+            {
+                "name": name,
+                "connections": len(self.users[name]),
+                "account": any(s.authenticated for s in self.users[name]),
+            }
+            for name in heapq.nsmallest(limit, self.users)
+        ]
+
+    def active_rooms(self, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` rooms with the most online users (then by name), for the admin
+        page: one pass over the live memberships, whatever the number of stored rooms.
+        """
+        active = [
+            (len({s.user for s in members}), name)
+            for name, members in self.rooms.items()
+            if members
+        ]
+        top = heapq.nsmallest(limit, active, key=lambda room: (-room[0], room[1]))
+        return [
+            {
+                "name": name,
+                "members": members,
+                # Messages are never deleted and seqs have no gaps: the count is the seq.
+                "last_seq": self.storage.last_seq(name),
+                "messages": self.storage.last_seq(name),
+            }
+            for members, name in top
+        ]
 
 
 def _deliver_each(peers: list[Any], prepared: Any) -> int:
