@@ -126,15 +126,30 @@ def _tls_context(config: Loaded) -> ssl.SSLContext | None:
     return server_context(files.certfile, files.keyfile)
 
 
+EXAMPLES = """\
+Every setting also comes from CHATD_<NAME> in the environment and from a TOML file
+(--config; keys named like the flags: rate_limit = 5); flags win over the environment,
+which wins over the file.
+
+examples:
+  {prog}                                   http://127.0.0.1:8080, guests pick a name
+  {prog} user add alice                    an account (asks for the password)
+  {prog} cert                              a certificate for wss://, and how to trust it
+  {prog} --auth required --tls             https://127.0.0.1:8443, log in first
+  {prog} --host 0.0.0.0 --port 80 --auth required --allow-origin https://chat.example
+  CHATD_RATE_LIMIT=5 {prog} --config /etc/chatd/chatd.toml
+  {prog} check-config --config /etc/chatd/chatd.toml   what would run, and why
+"""
+
+
 def _parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"{_prog()} {command}",
         description="the chatd chat server"
         if command == "[serve]"
         else "validate the settings and print the effective configuration",
-        epilog=f"Accounts: {_prog()} user add|passwd|list [NAME] [--db FILE]. Every setting "
-        "also comes from CHATD_<NAME> in the environment and from a TOML file (--config); "
-        "flags win over the environment, which wins over the file.",
+        epilog=EXAMPLES.format(prog=_prog()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_flags(parser)
     parser.add_argument("--version", action="version", version=f"chatd {__version__}")

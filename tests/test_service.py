@@ -15,8 +15,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websockets_connect
 
@@ -263,3 +265,52 @@ def test_the_unit_files_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "SystemCallFilter=@system-service" in service
     assert "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX" in service
     assert "Type=notify" in service
+
+
+def test_sighup_loads_a_new_certificate_and_keeps_tls_connections(
+    tmp_path: Path, notifications: Notifications
+) -> None:
+    from tls import client_context  # noqa: PLC0415
+    from tls.localca import issue_leaf  # noqa: PLC0415
+
+    files = issue_leaf(tmp_path / "tls", ["127.0.0.1"])
+    context = client_context(files.cafile)
+    process = start(
+        tmp_path,
+        notifications.path,
+        "--certfile",
+        str(files.certfile),
+        "--keyfile",
+        str(files.keyfile),
+    )
+
+    def serial(ws: Any) -> int:
+        der = ws.socket.getpeercert(binary_form=True)
+        return int(x509.load_der_x509_certificate(der).serial_number)
+
+    try:
+        port = port_of(notifications.until("READY")["STATUS"])
+        url = f"wss://127.0.0.1:{port}/ws?name=alice"
+        with websockets_connect(url, ssl=context, open_timeout=TIMEOUT) as old:
+            assert json.loads(old.recv(TIMEOUT))["type"] == "welcome"
+            first = serial(old)
+            issue_leaf(tmp_path / "tls", ["127.0.0.1"])  # a new key and certificate
+            process.send_signal(signal.SIGHUP)
+            notifications.until("RELOADING")
+            assert notifications.until("READY")["STATUS"] == "reloaded"
+            with websockets_connect(
+                f"wss://127.0.0.1:{port}/ws?name=bob", ssl=context, open_timeout=TIMEOUT
+            ) as new:
+                assert json.loads(new.recv(TIMEOUT))["type"] == "welcome"
+                assert serial(new) != first
+            # The connection made before the reload is still up, on its old certificate.
+            old.send(json.dumps({"type": "ping", "id": "still"}))
+            for _ in range(20):
+                if json.loads(old.recv(TIMEOUT)).get("id") == "still":
+                    break
+            else:
+                raise AssertionError("the old connection did not answer")
+            assert serial(old) == first
+    finally:
+        log = stop(process)
+    assert "Traceback" not in log
