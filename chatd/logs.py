@@ -11,11 +11,11 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from chatd.systemd import journal_stream
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JournalFormatter", "JsonFormatter", "configure_logging"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,13 +34,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class JournalFormatter(logging.Formatter):
+    """No time (the journal stamps each line), and the ``<N>`` prefix of sd-daemon(3)
+    so that journald files each line at its priority (``journalctl -p warning`` works).
+    """
+
+    PRIORITIES: ClassVar[dict[int, int]] = {
+        logging.CRITICAL: 2,
+        logging.ERROR: 3,
+        logging.WARNING: 4,
+        logging.INFO: 6,
+        logging.DEBUG: 7,
+    }
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITIES.get(record.levelno, 6)
+        # Every line of a multi-line record (a traceback) keeps the priority.
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).split("\n"))
+
+
 def configure_logging(level: str, fmt: str = "text") -> None:
     """Send chatd's and the runtime's logs to stderr in ``fmt`` (``text`` or ``json``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     elif journal_stream():
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(JournalFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

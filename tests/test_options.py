@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from chatd.logs import JsonFormatter
+from chatd.logs import JournalFormatter, JsonFormatter
 from chatd.options import OPTIONS, ConfigError, add_flags, load
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +145,11 @@ def test_json_log_lines() -> None:
     assert entry["logger"] == "chatd"
     assert entry["message"] == "hello there"
     assert entry["time"].endswith("Z")
+
+
+def test_journal_lines_carry_their_priority() -> None:
+    formatter = JournalFormatter()
+    warning = logging.LogRecord("chatd", logging.WARNING, __file__, 1, "slow", (), None)
+    assert formatter.format(warning) == "<4>WARNING chatd: slow"
+    info = logging.LogRecord("chatd", logging.INFO, __file__, 1, "a\nb", (), None)
+    assert formatter.format(info) == "<6>INFO chatd: a\n<6>b"
