@@ -318,7 +318,9 @@ def test_run_frames_returns_the_schema(run_result: dict[str, Any]) -> None:
         assert math.isclose(
             repetition["seconds_per_op"], repetition["seconds"] / repetition["loops"]
         )
-        assert repetition["seconds"] >= 0.001
+        # Loops are calibrated once to last min_time_s; a later round may run a little
+        # faster (warm caches), so only the sign is certain.
+        assert repetition["seconds"] > 0
 
 
 def test_run_frames_summary_is_consistent_with_the_repetitions(
