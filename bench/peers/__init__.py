@@ -28,12 +28,14 @@ Broadcast peers relay chat messages in chatd's wire format to every client of on
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import ssl
+import time
 
 import tls
 
-__all__ = ["BACKLOG", "parse_args", "raise_nofile_limit", "server_ssl_context"]
+__all__ = ["BACKLOG", "Numbering", "parse_args", "raise_nofile_limit", "server_ssl_context"]
 
 #: Listen backlog for every server in the comparison, the same as ``rfc6455.server``'s
 #: default, so that a burst of connections is not refused by one and queued by another.
@@ -80,3 +82,34 @@ def raise_nofile_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Numbering:
+    """The one room's sequence, shared by every broadcast peer so that each does the same
+    work per message: a client's published ``message`` becomes chatd's wire format
+    (docs/protocol.md), numbered; anything else is ignored.
+    """
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def wire(self, sender: str, raw: str | bytes) -> str | None:
+        """The numbered message to send to every member, or None to ignore ``raw``."""
+        try:
+            message = json.loads(raw)
+        except ValueError:  # UnicodeDecodeError too: not every library validates text
+            return None
+        if not isinstance(message, dict) or message.get("type") != "message":
+            return None
+        self.seq += 1
+        wire = {
+            "type": "message",
+            "room": message.get("room"),
+            "seq": self.seq,
+            "ts": time.time_ns() // 1_000_000,
+            "from": sender,
+            "text": message.get("text"),
+            "kind": "text",
+            "id": message.get("id"),
+        }
+        return json.dumps(wire, separators=(",", ":"), ensure_ascii=False)

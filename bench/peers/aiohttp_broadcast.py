@@ -24,13 +24,11 @@ buffer drains. Settings are those of ``bench.peers.aiohttp_echo``.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import time
 
 from aiohttp import WSMsgType, web
 
-from bench.peers import BACKLOG, parse_args, raise_nofile_limit
+from bench.peers import BACKLOG, Numbering, parse_args, raise_nofile_limit
 
 
 class Room:
@@ -38,7 +36,7 @@ class Room:
 
     def __init__(self) -> None:
         self.members: set[web.WebSocketResponse] = set()
-        self.seq = 0
+        self.numbering = Numbering()
         self.sending = asyncio.Lock()  # one broadcast at a time keeps seq in order
 
     async def serve(self, request: web.Request) -> web.WebSocketResponse:
@@ -57,25 +55,11 @@ class Room:
 
     async def publish(self, name: str, text: str | bytes) -> None:
         """Number a client's ``message`` and send it to every member; ignore the rest."""
-        try:
-            message = json.loads(text)
-        except ValueError:
-            return
-        if not isinstance(message, dict) or message.get("type") != "message":
-            return
-        async with self.sending:
-            self.seq += 1
-            wire = {
-                "type": "message",
-                "room": message.get("room"),
-                "seq": self.seq,
-                "ts": time.time_ns() // 1_000_000,
-                "from": name,
-                "text": message.get("text"),
-                "kind": "text",
-                "id": message.get("id"),
-            }
-            payload = json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode()
+        async with self.sending:  # numbered and sent in one order
+            wire = self.numbering.wire(name, text)
+            if wire is None:
+                return
+            payload = wire.encode()
             # A copy: members join and leave while a paused member is drained.
             for member in list(self.members):
                 try:  # noqa: SIM105 - free in 3.11, unlike a suppress() per member

@@ -20,9 +20,7 @@ copying it into picows' write buffer first. Settings are those of
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-import time
 from urllib.parse import parse_qs, urlsplit
 
 from picows import (
@@ -36,7 +34,7 @@ from picows import (
     ws_create_server,
 )
 
-from bench.peers import BACKLOG, parse_args, raise_nofile_limit
+from bench.peers import BACKLOG, Numbering, parse_args, raise_nofile_limit
 from bench.peers.picows_echo import MessageListener
 
 #: Bytes reserved in front of a payload for the frame header: the most a header takes
@@ -49,29 +47,15 @@ class Room:
 
     def __init__(self) -> None:
         self.members: set[WSTransport] = set()
-        self.seq = 0
+        self.numbering = Numbering()
 
     def publish(self, name: str, payload: memoryview | bytearray) -> None:
         """Number a client's ``message`` and send it to every member; ignore the rest."""
-        try:
-            message = json.loads(str(payload, "utf-8"))
-        except ValueError:  # UnicodeDecodeError too: picows does not validate text
+        wire = self.numbering.wire(name, bytes(payload))  # picows does not validate text
+        if wire is None:
             return
-        if not isinstance(message, dict) or message.get("type") != "message":
-            return
-        self.seq += 1
-        wire = {
-            "type": "message",
-            "room": message.get("room"),
-            "seq": self.seq,
-            "ts": time.time_ns() // 1_000_000,
-            "from": name,
-            "text": message.get("text"),
-            "kind": "text",
-            "id": message.get("id"),
-        }
         frame = bytearray(HEADER_ROOM)
-        frame += json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode()
+        frame += wire.encode()
         for transport in self.members:
             # Sends at once or copies what the socket refused: the bytearray is reusable.
             transport.send_reuse_external_bytearray(WSMsgType.TEXT, frame, HEADER_ROOM)

@@ -22,15 +22,13 @@ keepalive pings every 20 s with a 20 s timeout, logging at WARNING.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from types import FrameType
 
-from bench.peers import BACKLOG, parse_args, raise_nofile_limit
+from bench.peers import BACKLOG, Numbering, parse_args, raise_nofile_limit
 from rfc6455.errors import InvalidHandshake
 from rfc6455.http import Request
 from rfc6455.server import Handler, Server, ServerConfig, ServerConnection
@@ -47,7 +45,7 @@ class RoomHandler(Handler):
 
     def __init__(self) -> None:
         self.members: set[ServerConnection] = set()
-        self.seq = 0
+        self.numbering = Numbering()
 
     def on_connect(
         self, connection: ServerConnection, request: Request
@@ -66,25 +64,9 @@ class RoomHandler(Handler):
 
     def on_message(self, connection: ServerConnection, message: str | bytes) -> None:
         """Number a client's ``message`` and send it to every member; ignore the rest."""
-        try:
-            decoded = json.loads(message)
-        except ValueError:
-            return
-        if not isinstance(decoded, dict) or decoded.get("type") != "message":
-            return
-        self.seq += 1
-        wire = {
-            "type": "message",
-            "room": decoded.get("room"),
-            "seq": self.seq,
-            "ts": time.time_ns() // 1_000_000,
-            "from": connection.context,
-            "text": decoded.get("text"),
-            "kind": "text",
-            "id": decoded.get("id"),
-        }
-        text = json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
-        connection.server.broadcast(self.members, text)
+        wire = self.numbering.wire(connection.context, message)
+        if wire is not None:
+            connection.server.broadcast(self.members, wire)
 
 
 def main() -> int:

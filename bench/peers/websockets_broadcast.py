@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
-import time
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from bench.peers import BACKLOG, parse_args, raise_nofile_limit
+from bench.peers import BACKLOG, Numbering, parse_args, raise_nofile_limit
 
 
 class Room:
@@ -35,7 +33,7 @@ class Room:
 
     def __init__(self) -> None:
         self.members: set[ServerConnection] = set()
-        self.seq = 0
+        self.numbering = Numbering()
 
     async def serve(self, websocket: ServerConnection) -> None:
         """Join the room, broadcast what the client publishes, leave on close."""
@@ -52,24 +50,9 @@ class Room:
 
     def publish(self, name: str, text: str | bytes) -> None:
         """Number a client's ``message`` and send it to every member; ignore the rest."""
-        try:
-            message = json.loads(text)
-        except ValueError:
-            return
-        if not isinstance(message, dict) or message.get("type") != "message":
-            return
-        self.seq += 1
-        wire = {
-            "type": "message",
-            "room": message.get("room"),
-            "seq": self.seq,
-            "ts": time.time_ns() // 1_000_000,
-            "from": name,
-            "text": message.get("text"),
-            "kind": "text",
-            "id": message.get("id"),
-        }
-        broadcast(self.members, json.dumps(wire, separators=(",", ":"), ensure_ascii=False))
+        wire = self.numbering.wire(name, text)
+        if wire is not None:
+            broadcast(self.members, wire)
 
 
 def only_ws(connection: ServerConnection, request: Request) -> Response | None:
