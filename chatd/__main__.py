@@ -98,6 +98,8 @@ RESTART_ONLY = (
     "host",
     "port",
     "db",
+    "bus",
+    "node_id",
     "tls",
     "cert_dir",
     "secret_file",
@@ -170,6 +172,8 @@ def _settings(config: Loaded, *, tls: bool) -> ChatSettings:
         allowed_origins=config["allow_origin"],
         allow_missing_origin=not config["refuse_missing_origin"],
         history_on_join=config["history_on_join"],
+        bus=config["bus"],
+        node_id=config["node_id"],
         limits=dataclasses.replace(
             Limits(),
             message_rate=config["rate_limit"],

@@ -15,6 +15,8 @@ import json
 import logging
 import math
 import mimetypes
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -33,11 +35,13 @@ from chatd.auth import (
     session_cookie,
     token_from_headers,
 )
+from chatd.bus import HEARTBEAT_INTERVAL, Bus, LocalBus
 from chatd.config import ChatSettings
 from chatd.hub import Hub, Session, now_ms
 from chatd.limits import ConnectionLimiter, MessageGate, Verdict
 from chatd.metrics import ChatMetrics, EventLoopLag
 from chatd.origins import OriginPolicy
+from chatd.redis_bus import RedisBus
 from chatd.storage import Storage, StorageError
 from rfc6455.errors import InvalidHandshake
 from rfc6455.http import Request
@@ -660,8 +664,9 @@ class ChatHandler(Handler):
         return self._file(page)
 
     def _ready(self, server: Server) -> HttpResponse:
-        """``GET /ready``: 200 while the server takes connections and the database
-        answers; 503 once a shutdown began (``/health`` only says the process lives).
+        """``GET /ready``: 200 while the server takes connections, the database answers
+        and the bus is connected; 503 once a shutdown began (``/health`` only says the
+        process lives).
         """
         if server.stopping:
             return _json(503, {"status": "stopping"})
@@ -670,6 +675,10 @@ class ChatHandler(Handler):
         except (sqlite3.Error, StorageError) as error:
             logger.warning("not ready: the database does not answer: %s", error)
             return _json(503, {"status": "database_unavailable"})
+        if not self.hub.bus.up:
+            # Its clients are still served, but a load balancer should send new ones to a
+            # node that can store their messages.
+            return _json(503, {"status": "bus_unavailable"})
         return _json(200, {"status": "ready"})
 
     # --- accounts and tokens -------------------------------------------------------------------
@@ -890,7 +899,7 @@ class ChatHandler(Handler):
                 "name": room.name,
                 "last_seq": room.last_seq,
                 "messages": room.messages,
-                "members": len({s.user for s in self.hub.rooms.get(room.name, ())}),
+                "members": len(self.hub.members(room.name)),
             }
             for room in self.hub.storage.rooms()
         ]
@@ -969,12 +978,22 @@ class ChatServer:
         self.storage = Storage(database)
         #: Every chatd metric; ``GET /metrics`` renders them.
         self.metrics = ChatMetrics()
+        node = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.bus: Bus = LocalBus(self.storage, node)
+        if settings.bus != "local":
+            self.bus = RedisBus(
+                settings.bus,
+                node,
+                last_seqs=self.storage.last_seqs(),
+                last_dm_id=self.storage.last_dm_id,
+            )
         self.hub = Hub(
             self.storage,
             prepare=Server.prepare_many,
             max_rooms=settings.limits.max_rooms_per_connection,
             history_page=settings.history_on_join,
             metrics=self.metrics,
+            bus=self.bus,
         )
         # One chat message is a JSON object of a few KiB at most: refuse bigger messages
         # with 1009 before they are buffered (DESIGN.md: 4,000 characters of text).
@@ -1000,6 +1019,10 @@ class ChatServer:
         # One transaction per loop tick, then the acks and broadcasts it allows.
         self.server.add_tick_callback(self._flush)
         self._expiry = self.server.call_later(30.0, self._expire)
+        self._heartbeat: Timer | None = None
+        if isinstance(self.bus, RedisBus):
+            self.bus.start(self.server.call_soon_threadsafe, self.hub.apply_bus)
+            self._heartbeat = self.server.call_later(HEARTBEAT_INTERVAL, self._beat)
 
     def apply(self, settings: ChatSettings) -> None:
         """Take new settings while running (SIGHUP): origins, limits, auth and login
@@ -1040,8 +1063,18 @@ class ChatServer:
         self.hub.expire_sessions()
         self._expiry = self.server.call_later(30.0, self._expire)
 
+    def _beat(self) -> None:
+        self.hub.heartbeat()
+        self._heartbeat = self.server.call_later(HEARTBEAT_INTERVAL, self._beat)
+
     def close(self) -> None:
-        """Commit what is pending and close the database (after the server stopped)."""
+        """Commit what is pending, say goodbye on the bus and close the database (after
+        the server stopped).
+        """
         self.metrics.loop_lag.stop()
         self.hub.flush()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self.hub.leave_cluster()
+        self.bus.close()
         self.storage.close()

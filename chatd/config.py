@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 from chatd.limits import Limits
 
-__all__ = ["AUTH_MODES", "ChatSettings"]
+__all__ = ["AUTH_MODES", "BUS_SCHEMES", "ChatSettings"]
 
 #: ``open``: a guest picks a name (local development, ``make run``); ``required``: the
 #: upgrade and the API need a valid token.
 AUTH_MODES = ("open", "required")
+#: What ``--bus`` may name besides ``local`` (redis-py's URL schemes).
+BUS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,10 @@ class ChatSettings:
     secret: str | None = None
     #: Messages sent with ``joined``.
     history_on_join: int = 50
+    #: ``local``: one node; ``redis://host:port/db``: nodes share rooms through Redis.
+    bus: str = "local"
+    #: This node's name on the bus (None: host name and process id).
+    node_id: str | None = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting that is wrong."""
@@ -56,4 +62,6 @@ class ChatSettings:
             raise ValueError("secret must be at least 32 characters")
         if self.login_attempts < 1 or not self.login_window > 0:
             raise ValueError("login_attempts must be at least 1 and login_window positive")
+        if self.bus != "local" and not self.bus.startswith(BUS_SCHEMES):
+            raise ValueError(f"bus must be 'local' or a redis:// URL, not {self.bus!r}")
         self.limits.validate()

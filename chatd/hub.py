@@ -5,6 +5,13 @@ never parses frames or HTTP: the application hands it decoded text from a connec
 and a ``Peer`` to answer through. Writes go to ``Storage`` and are made durable once per
 loop tick (``Hub.flush``): only then are they acknowledged to their sender and delivered
 to the room, so an acknowledged message is never lost and ``seq`` never goes backwards.
+
+Several nodes (``--bus redis://``): the bus numbers the writes and brings every node's
+records back in one order (``apply_bus``), so the same path commits them to this node's
+replica and delivers them. Presence is judged for the cluster as a whole: a user's
+``online`` is announced when its first session anywhere appears, ``offline`` when its last
+one anywhere goes; this node publishes its own changes and mirrors the others'
+(``chatd.bus.RemoteNodes``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatd import protocol
+from chatd.bus import Bus, LocalBus, NodeState, RemoteNodes, snapshot_state
 from chatd.metrics import ChatMetrics
 from chatd.protocol import (
     DirectMessage,
@@ -181,8 +189,13 @@ class Hub:
         max_rooms: int = 0,
         history_page: int = protocol.HISTORY_PAGE,
         metrics: ChatMetrics | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.storage = storage
+        #: Numbers the writes and carries events to the other nodes (``chatd.bus``).
+        self.bus: Bus = bus if bus is not None else LocalBus(storage)
+        #: What the other nodes have said of their users and rooms (empty on one node).
+        self.remote = RemoteNodes()
         #: Messages in and out and commit times (``chatd_*`` at ``GET /metrics``).
         self.metrics = metrics if metrics is not None else ChatMetrics()
         #: Encodes text messages once into frames every peer can send
@@ -204,6 +217,12 @@ class Hub:
         #: user name -> attached sessions
         self.users: dict[str, set[Session]] = {}
         self._waiting: dict[tuple[str, str, int], _Waiters] = {}
+        #: Writes handed to the bus and not numbered yet, by (kind, room, sender, client
+        #: id): a resend meanwhile waits with the first.
+        self._inflight: dict[tuple[str, str, str, str], list[Session]] = {}
+        #: user -> when its last session on another node went (a DM may still reach it
+        #: there for ``SESSION_GRACE``, as a detached session here would).
+        self._left_elsewhere: dict[str, float] = {}
         self.started = time.time()
         self.messages_in = 0
         #: What the admin page lists as recent events; the application adds its own.
@@ -262,7 +281,10 @@ class Hub:
         session.peer = peer
         session.detached_at = None
         first = session.user not in self.users
+        first_anywhere = first and not self.remote.is_online(session.user)
         self.users.setdefault(session.user, set()).add(session)
+        if first:
+            self._publish({"op": "online", "user": session.user})
         self.storage.ensure_user(session.user, now_ms())
         if (
             room is not None
@@ -277,7 +299,7 @@ class Hub:
                 "session": session.id,
                 "user": session.user,
                 "rooms": sorted(session.rooms),
-                "online": sorted(set(self.users) | {session.user}),
+                "online": sorted(set(self.users) | self.remote.users()),
                 "limits": {
                     "max_text": protocol.MAX_TEXT,
                     "max_name": protocol.MAX_NAME,
@@ -288,7 +310,7 @@ class Hub:
         self.events.record(
             "connect", session.user, detail="resumed" if session_id == session.id else None
         )
-        if first and not present:
+        if first_anywhere and not present:
             self._broadcast_all({"type": "presence", "event": "online", "user": session.user})
         for joined in sorted(session.rooms):
             self._enter(session, joined, announce=joined not in present)
@@ -302,29 +324,32 @@ class Hub:
         session.detached_at = self.clock()
 
     def _detach(self, session: Session, *, announce: bool) -> None:
+        user = session.user
         for room in session.rooms:
             members = self.rooms.get(room)
             if members is not None:
                 members.discard(session)
-                if announce and not self._user_in_room(session.user, room):
-                    self._broadcast_room(
-                        room,
-                        {"type": "typing", "room": room, "user": session.user, "active": False},
-                    )
-                    self._broadcast_room(
-                        room,
-                        {"type": "presence", "event": "leave", "user": session.user, "room": room},
-                    )
-        sessions = self.users.get(session.user)
+                if announce and not self._user_in_room(user, room):
+                    self._publish({"op": "leave", "user": user, "room": room})
+                    if not self.remote.in_room(user, room):
+                        self._announce_leave(user, room)
+        sessions = self.users.get(user)
         if sessions is not None:
             sessions.discard(session)
             if not sessions:
-                del self.users[session.user]
+                del self.users[user]
                 if announce:
-                    self._broadcast_all(
-                        {"type": "presence", "event": "offline", "user": session.user}
-                    )
+                    self._publish({"op": "offline", "user": user})
+                    if not self.remote.is_online(user):
+                        self._broadcast_all({"type": "presence", "event": "offline", "user": user})
         session.peer = None
+
+    def _announce_leave(self, user: str, room: str) -> None:
+        """``user`` has gone from ``room`` everywhere: its typing stops, then it leaves."""
+        self._broadcast_room(room, {"type": "typing", "room": room, "user": user, "active": False})
+        self._broadcast_room(
+            room, {"type": "presence", "event": "leave", "user": user, "room": room}
+        )
 
     def expire_sessions(self) -> int:
         """Forget sessions detached for longer than ``SESSION_GRACE``; return how many."""
@@ -336,21 +361,29 @@ class Hub:
         ]
         for session in expired:
             del self.sessions[session.id]
+        for user in [u for u, left in self._left_elsewhere.items() if left < deadline]:
+            del self._left_elsewhere[user]
         return len(expired)
 
     def _unique_name(self, name: str) -> str:
-        if name not in self.users:
+        if not self._online_anywhere(name):
             return name
         for suffix in range(2, 10_000):
             tail = f"-{suffix}"
             candidate = name[: protocol.MAX_NAME - len(tail)] + tail
-            if candidate not in self.users:
+            if not self._online_anywhere(candidate):
                 return candidate
         return secrets.token_hex(8)  # pragma: no cover - 10,000 guests of one name
 
     def _user_in_room(self, user: str, room: str) -> bool:
-        """Whether any attached session of ``user`` is in ``room`` now."""
+        """Whether any attached session of ``user`` on this node is in ``room`` now."""
         return any(s.user == user for s in self.rooms.get(room, ()))
+
+    def _in_room_anywhere(self, user: str, room: str) -> bool:
+        return self._user_in_room(user, room) or self.remote.in_room(user, room)
+
+    def _online_anywhere(self, user: str) -> bool:
+        return user in self.users or self.remote.is_online(user)
 
     # --- receiving -------------------------------------------------------------------------
 
@@ -408,9 +441,12 @@ class Hub:
         """Put an attached session in ``room`` and send it ``joined``."""
         if self.storage.ensure_room(room, now_ms()):
             logger.info("room %s created by %s", room, session.user)
-        was_there = self._user_in_room(session.user, room)
+        was_here = self._user_in_room(session.user, room)
+        was_there = was_here or self.remote.in_room(session.user, room)
         members = self.rooms.setdefault(room, set())
         members.add(session)
+        if not was_here:
+            self._publish({"op": "join", "user": session.user, "room": room})
         if announce and not was_there:
             self.events.record("join", session.user, room=room)
             self._broadcast_room(
@@ -423,7 +459,7 @@ class Hub:
             {
                 "type": "joined",
                 "room": room,
-                "members": self._members(room),
+                "members": self.members(room),
                 "messages": [_message_wire(m) for m in recent],
                 "last_seq": self.storage.last_seq(room),
             }
@@ -438,13 +474,17 @@ class Hub:
             members.discard(session)
         if not self._user_in_room(session.user, room):
             self.events.record("leave", session.user, room=room)
-            self._broadcast_room(
-                room, {"type": "presence", "event": "leave", "user": session.user, "room": room}
-            )
+            self._publish({"op": "leave", "user": session.user, "room": room})
+            if not self.remote.in_room(session.user, room):
+                self._broadcast_room(
+                    room,
+                    {"type": "presence", "event": "leave", "user": session.user, "room": room},
+                )
         session.send({"type": "left", "room": room})
 
-    def _members(self, room: str) -> list[str]:
-        return sorted({s.user for s in self.rooms.get(room, ())})
+    def members(self, room: str) -> list[str]:
+        """Who is in ``room`` on any node, by name."""
+        return sorted({s.user for s in self.rooms.get(room, ())} | self.remote.members(room))
 
     def _require_room(self, session: Session, room: str, message_id: str | None) -> None:
         if room not in session.rooms or session not in self.rooms.get(room, ()):
@@ -465,28 +505,94 @@ class Hub:
     def _store_room_message(
         self, session: Session, room: str, text: str, kind: str, client_id: str | None
     ) -> None:
+        key = None
         if client_id is not None:
             existing = self.storage.find_message(room, session.user, client_id)
             if existing is not None:
                 self._ack_again(session, ("room", room, existing.seq), existing)
                 return
-        stored = self.storage.add_message(room, session.user, text, kind, client_id, now_ms())
-        self._waiting[("room", room, stored.seq)] = _Waiters([session])
+            key = ("room", room, session.user, client_id)
+            if key in self._inflight:
+                self._inflight[key].append(session)
+                return
+            self._inflight[key] = [session]
+        self.bus.write_message(
+            room,
+            session.user,
+            text,
+            kind,
+            client_id,
+            now_ms(),
+            lambda result: self._written(("room", room), key, session, client_id, result),
+        )
+
+    def _written(
+        self,
+        where: tuple[str, str],
+        key: tuple[str, str, str, str] | None,
+        session: Session,
+        client_id: str | None,
+        result: int | BaseException,
+    ) -> None:
+        """The bus numbered a write (or failed to): its senders wait for it to be
+        committed here, or are acknowledged now if it already was (a resend).
+        """
+        sessions = self._inflight.pop(key, [session]) if key is not None else [session]
+        if isinstance(result, BaseException):
+            logger.warning("a write to %s failed: %s", where[1] or "a DM", result)
+            refusal = ProtocolError(
+                "unavailable", "not stored: the message store is away; send it again", client_id
+            ).to_wire()
+            for each in sessions:
+                each.send(refusal)
+            return
+        kind, room = where
+        item: StoredMessage | StoredDM | None = None
+        if kind == "room" and result <= self.storage.visible_seq(room):
+            item = self.storage.message_at(room, result)
+        elif kind == "dm" and result <= self.storage.visible_dm_id:
+            item = self.storage.dm_at(result)
+        if item is not None:
+            ack = _ack_wire(item)
+            for each in sessions:
+                each.send(ack)
+            return
+        waiters = self._waiting.setdefault((kind, room, result), _Waiters([]))
+        waiters.sessions.extend(sessions)
 
     def _direct_message(self, session: Session, to: str, text: str, client_id: str | None) -> None:
         # A resend first: it was stored, so it is acknowledged even if ``to`` has gone since.
+        key = None
         if client_id is not None:
             existing = self.storage.find_dm(session.user, client_id)
             if existing is not None:
                 self._ack_again(session, ("dm", "", existing.id), existing)
                 return
-        if to not in self.users and not self._known_user(to):
+            key = ("dm", "", session.user, client_id)
+            if key in self._inflight:
+                self._inflight[key].append(session)
+                return
+        if not self._online_anywhere(to) and not self._known_user(to):
             raise ProtocolError("no_such_user", f"no user called {to}", client_id)
-        stored = self.storage.add_dm(session.user, to, text, client_id, now_ms())
-        self._waiting[("dm", "", stored.id)] = _Waiters([session])
+        if key is not None:
+            self._inflight[key] = [session]
+        self.bus.write_dm(
+            session.user,
+            to,
+            text,
+            client_id,
+            now_ms(),
+            lambda result: self._written(("dm", ""), key, session, client_id, result),
+        )
 
     def _known_user(self, name: str) -> bool:
-        return any(s.user == name for s in self.sessions.values())
+        """A user a DM may go to though offline: one with a session here (within its
+        grace), or one that left another node less than ``SESSION_GRACE`` ago.
+        """
+        if any(s.user == name for s in self.sessions.values()):
+            return True
+        left = self._left_elsewhere.get(name)
+        return left is not None and self.clock() - left <= SESSION_GRACE
 
     def _ack_again(
         self, session: Session, key: tuple[str, str, int], item: StoredMessage | StoredDM
@@ -542,7 +648,7 @@ class Hub:
         elif name == "nick":
             self._nick(session, rest, client_id)
         elif name == "who":
-            members = ", ".join(self._members(room))
+            members = ", ".join(self.members(room))
             session.send({"type": "system", "room": room, "text": f"In {room}: {members}"})
         else:
             session.send({"type": "system", "room": room, "text": HELP_TEXT})
@@ -557,7 +663,7 @@ class Hub:
             return
         if session.authenticated:
             raise ProtocolError("name_taken", "a logged-in user's name is the account's", client_id)
-        if new in self.users or self.reserved(new):
+        if self._online_anywhere(new) or self.reserved(new):
             raise ProtocolError("name_taken", f"{new} is taken", client_id)
         sessions = self.users.pop(old, set())
         for each in sessions:
@@ -565,6 +671,7 @@ class Hub:
         self.users[new] = sessions
         self.storage.ensure_user(new, now_ms())
         self.events.record("rename", new, detail=f"was {old}")
+        self._publish({"op": "rename", "user": new, "old": old})
         self._broadcast_all({"type": "presence", "event": "rename", "user": new, "old": old})
 
     # --- typing, history, resume, receipts --------------------------------------------------------
@@ -578,6 +685,9 @@ class Hub:
             "active": message.active,
         }
         self._broadcast_room(message.room, event, exclude_user=session.user)
+        self._publish(
+            {"op": "typing", "room": message.room, "user": session.user, "active": message.active}
+        )
 
     def _history(self, session: Session, message: History) -> None:
         messages, has_more = self.storage.history(message.room, message.before, message.limit)
@@ -617,16 +727,23 @@ class Hub:
             raise ProtocolError("bad_message", "no such message", message.id)
         if not self.storage.set_receipt(session.user, message.room, message.seq, message.status):
             return
-        found, _ = self.storage.history(message.room, message.seq + 1, 1)
-        if not found or found[-1].seq != message.seq or found[-1].sender == session.user:
+        self._publish(
+            {
+                "op": "receipt",
+                "room": message.room,
+                "seq": message.seq,
+                "user": session.user,
+                "status": message.status,
+            }
+        )
+        self._tell_sender(message.room, message.seq, session.user, message.status)
+
+    def _tell_sender(self, room: str, seq: int, user: str, status: str) -> None:
+        """Pass ``user``'s receipt for ``seq`` to the sender's sessions on this node."""
+        found, _ = self.storage.history(room, seq + 1, 1)
+        if not found or found[-1].seq != seq or found[-1].sender == user:
             return
-        event = {
-            "type": "receipt",
-            "room": message.room,
-            "seq": message.seq,
-            "user": session.user,
-            "status": message.status,
-        }
+        event = {"type": "receipt", "room": room, "seq": seq, "user": user, "status": status}
         for each in self.users.get(found[-1].sender, ()):
             each.send(event)
 
@@ -726,6 +843,146 @@ class Hub:
             }
         )
 
+    # --- other nodes ---------------------------------------------------------------------------
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        """Tell the other nodes about a change on this one (``LocalBus``: nobody)."""
+        event["node"] = self.bus.node
+        self.bus.publish(event)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This node's users and rooms, as its heartbeat publishes them."""
+        return {
+            "op": "state",
+            "users": sorted(self.users),
+            "rooms": {
+                room: sorted({s.user for s in members})
+                for room, members in self.rooms.items()
+                if members
+            },
+        }
+
+    def heartbeat(self) -> None:
+        """Publish this node's snapshot, and forget nodes that stopped publishing theirs:
+        their users go offline here (a node killed says nothing; this bounds how long its
+        users look online).
+        """
+        self._publish(self.snapshot())
+        for node in self.remote.silent(self.clock()):
+            logger.warning("node %s is silent: its users are offline here", node)
+            self.events.record("node_lost", detail=node)
+            self._remote_update(node, NodeState())
+            self.remote.forget(node)
+
+    def leave_cluster(self) -> None:
+        """Say goodbye (shutdown): the other nodes drop this node's users at once."""
+        self._publish({"op": "bye"})
+
+    def apply_bus(self, items: Sequence[StoredMessage | StoredDM | dict[str, Any]]) -> None:
+        """What the bus brought, in its order: records are queued for this tick's commit
+        (``flush`` delivers them); events from other nodes are handled now, after the
+        records before them have been delivered, so that every node shows one order.
+        """
+        for item in items:
+            if isinstance(item, dict):
+                if self.storage.pending:
+                    self.flush()
+                self._remote_event(item)
+            else:
+                try:
+                    self.storage.add_replicated(item)
+                except ValueError as error:  # the reader fills gaps: a bug if seen
+                    logger.error("bus record not applied: %s", error)
+
+    def _remote_event(self, event: dict[str, Any]) -> None:
+        node = str(event.get("node", ""))
+        op = event.get("op")
+        if op == "typing":
+            room, user = str(event["room"]), str(event["user"])
+            message = {"type": "typing", "room": room, "user": user, "active": event["active"]}
+            self._broadcast_room(room, message, exclude_user=user)
+            return
+        if op == "receipt":
+            room, seq = str(event["room"]), int(event["seq"])
+            user, status = str(event["user"]), str(event["status"])
+            if seq <= self.storage.last_seq(room) and self.storage.set_receipt(
+                user, room, seq, status
+            ):
+                self._tell_sender(room, seq, user, status)
+            return
+        if op == "bye":
+            self._remote_update(node, NodeState())
+            self.remote.forget(node)
+            return
+        state = self.remote.state(node)
+        state.seen = self.clock()
+        if op == "state":
+            state = snapshot_state(event["users"], event["rooms"], state.seen)
+        elif op == "online":
+            state.users.add(str(event["user"]))
+        elif op == "offline":
+            state.users.discard(str(event["user"]))
+        elif op == "join":
+            state.rooms.setdefault(str(event["room"]), set()).add(str(event["user"]))
+        elif op == "leave":
+            members = state.rooms.get(str(event["room"]), set())
+            members.discard(str(event["user"]))
+            if not members:
+                state.rooms.pop(str(event["room"]), None)
+        elif op == "rename":
+            self._remote_rename(node, state, str(event["old"]), str(event["user"]))
+            return
+        else:
+            logger.debug("unknown bus event %r from %s", op, node)
+            return
+        self._remote_update(node, state)
+
+    def _remote_rename(self, node: str, state: NodeState, old: str, new: str) -> None:
+        if old in state.users:
+            state.users.discard(old)
+            state.users.add(new)
+        for members in state.rooms.values():
+            if old in members:
+                members.discard(old)
+                members.add(new)
+        self.remote.replace(node, state)
+        self._broadcast_all({"type": "presence", "event": "rename", "user": new, "old": old})
+
+    def _remote_update(self, node: str, new: NodeState) -> None:
+        """Replace what is known of ``node``; tell this node's clients what changed for
+        the cluster as a whole (a user online or in a room on no node before, or no more).
+        """
+        old = self.remote.nodes.get(node, NodeState())
+        users = sorted(old.users ^ new.users)
+        pairs = sorted(
+            (room, user)
+            for room in set(old.rooms) | set(new.rooms)
+            for user in old.rooms.get(room, set()) ^ new.rooms.get(room, set())
+        )
+        for room in new.rooms:
+            self.storage.ensure_room(room, now_ms())  # listed here too (/api/rooms)
+        for user in new.users - old.users:
+            self.storage.ensure_user(user, now_ms())
+        for user in old.users - new.users:
+            self._left_elsewhere[user] = self.clock()
+        online = {user: self._online_anywhere(user) for user in users}
+        present = {pair: self._in_room_anywhere(pair[1], pair[0]) for pair in pairs}
+        self.remote.replace(node, new)
+        for user in users:
+            if not online[user] and self._online_anywhere(user):
+                self._broadcast_all({"type": "presence", "event": "online", "user": user})
+        for room, user in pairs:
+            now = self._in_room_anywhere(user, room)
+            if now and not present[room, user]:
+                self._broadcast_room(
+                    room, {"type": "presence", "event": "join", "user": user, "room": room}
+                )
+            elif present[room, user] and not now:
+                self._announce_leave(user, room)
+        for user in users:
+            if online[user] and not self._online_anywhere(user):
+                self._broadcast_all({"type": "presence", "event": "offline", "user": user})
+
     # --- status --------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -738,6 +995,8 @@ class Hub:
             "users_online": len(self.users),
             "rooms_active": sum(1 for members in self.rooms.values() if members),
             "messages_received": self.messages_in,
+            "bus": self.bus.status(),
+            "nodes": len(self.remote.nodes) + 1,
             **{f"stored_{key}": value for key, value in self.storage.counts().items()},
         }
 

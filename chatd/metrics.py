@@ -515,6 +515,38 @@ def _hub_metrics(hub: Hub) -> Iterator[Metric]:
         ("users", "Users"),
     ):
         yield _gauge(f"chatd_stored_{key}", f"{what} in the database.", status[f"stored_{key}"])
+    bus = status["bus"]
+    yield _gauge(
+        "chatd_bus_up",
+        "1 while the bus takes writes and delivers events (always 1 for --bus local).",
+        1 if bus["up"] else 0,
+    )
+    yield _gauge(
+        "chatd_cluster_nodes",
+        "Nodes this node knows of, itself included (1 for --bus local).",
+        status["nodes"],
+    )
+    if bus["kind"] == "redis":
+        yield _gauge(
+            "chatd_bus_outbox",
+            "Writes waiting for Redis (numbered and acknowledged once it answers).",
+            bus["outbox"],
+        )
+        yield CounterMetricFamily(
+            "chatd_bus_reconnects_total",
+            "Times the connection to Redis came up (the first time included).",
+            value=bus["reconnects"],
+        )
+        yield CounterMetricFamily(
+            "chatd_bus_writes_refused_total",
+            "Writes refused with 'unavailable' because the outbox was full.",
+            value=bus["refused"],
+        )
+        yield CounterMetricFamily(
+            "chatd_bus_entries_received_total",
+            "Records and events read from the bus stream (and the room logs on catch-up).",
+            value=bus["received"],
+        )
 
 
 def _handler_metrics(handler: ChatHandler) -> Iterator[Metric]:

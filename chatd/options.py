@@ -131,6 +131,21 @@ def _options() -> tuple[Option, ...]:
         ),
         o("db", "str", "var/chatd.sqlite3", "the SQLite database file", "storage"),
         o(
+            "bus",
+            "str",
+            "local",
+            "local (one node), or redis://host:port/db to share rooms with other nodes",
+            "storage",
+        ),
+        o(
+            "node_id",
+            "str",
+            None,
+            "this node's name on the bus (default: host name and process id)",
+            "storage",
+            optional=True,
+        ),
+        o(
             "log_level",
             "choice",
             "INFO",

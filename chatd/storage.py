@@ -281,7 +281,8 @@ class Storage:
                 "SELECT coalesce(max(seq), 0) FROM messages WHERE room = ?", (name,)
             ).fetchone()
             self._rooms[name] = _Room(created, last, last, visible=True)
-        (self._last_dm_id,) = db.execute("SELECT coalesce(max(id), 0) FROM dms").fetchone()
+        (last_dm_id,) = db.execute("SELECT coalesce(max(id), 0) FROM dms").fetchone()
+        self._last_dm_id: int = last_dm_id
         self._visible_dm_id: int = self._last_dm_id
         (self._user_count,) = db.execute("SELECT count(*) FROM users").fetchone()
         self._batch = _Batch()
@@ -379,6 +380,54 @@ class Storage:
         if client_id is not None:
             self._batch.dms[sender, client_id] = dm
         return dm
+
+    def add_replicated(self, item: StoredMessage | StoredDM) -> bool:
+        """Queue a message or DM numbered elsewhere (the Redis bus: this file is a node's
+        replica of the shared log). Records come in order: one already here is skipped
+        (False); one after a gap is a ``ValueError``, since the replica would then answer
+        history reads with a hole.
+        """
+        if isinstance(item, StoredMessage):
+            self.ensure_room(item.room, item.ts)
+            info = self._rooms[item.room]
+            if item.seq <= info.last_seq:
+                return False
+            if item.seq != info.last_seq + 1:
+                raise ValueError(f"{item.room}: seq {item.seq} after {info.last_seq}")
+            self._make_room()
+            info.last_seq = item.seq
+            self._batch.items.append(item)
+            if item.client_id is not None:
+                self._batch.messages[item.room, item.sender, item.client_id] = item
+            return True
+        if item.id <= self._last_dm_id:
+            return False
+        if item.id != self._last_dm_id + 1:
+            raise ValueError(f"DM {item.id} after {self._last_dm_id}")
+        self._make_room()
+        self._last_dm_id = item.id
+        self._batch.items.append(item)
+        if item.client_id is not None:
+            self._batch.dms[item.sender, item.client_id] = item
+        return True
+
+    def last_seqs(self) -> dict[str, int]:
+        """Every room's last seq, pending included (where a replica resumes the log)."""
+        return {name: info.last_seq for name, info in self._rooms.items()}
+
+    @property
+    def last_dm_id(self) -> int:
+        """The last DM id assigned or replicated, pending included."""
+        return self._last_dm_id
+
+    def visible_seq(self, room: str) -> int:
+        """The last seq of ``room`` that ``commit`` has returned (delivered and readable)."""
+        return self._visible_seq(room)
+
+    @property
+    def visible_dm_id(self) -> int:
+        """The last DM id that ``commit`` has returned."""
+        return self._visible_dm_id
 
     def set_receipt(self, user: str, room: str, seq: int, status: str) -> bool:
         """Record that ``user`` has had (``delivered``) or read (``seen``) ``room`` up to ``seq``.
@@ -520,6 +569,20 @@ class Storage:
             "SELECT id, ts, sender, recipient, text, client_id FROM dms"
             " WHERE sender = ? AND client_id = ?",
             key,
+        ).fetchone()
+        return StoredDM(*row) if row else None
+
+    def message_at(self, room: str, seq: int) -> StoredMessage | None:
+        """The committed message ``seq`` of ``room``, if there is one."""
+        found, _ = self.history(room, seq + 1, 1)
+        return found[0] if found and found[0].seq == seq else None
+
+    def dm_at(self, dm_id: int) -> StoredDM | None:
+        """The committed DM ``dm_id``, if there is one."""
+        if dm_id > self._visible_dm_id:
+            return None
+        row = self.connection.execute(
+            "SELECT id, ts, sender, recipient, text, client_id FROM dms WHERE id = ?", (dm_id,)
         ).fetchone()
         return StoredDM(*row) if row else None
 

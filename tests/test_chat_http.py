@@ -237,7 +237,10 @@ def test_status(chat: RunningChat) -> None:
             "stored_dms": 1,
             "stored_rooms": 2,
             "stored_users": 2,
+            "bus": {"kind": "local", "node": status["bus"]["node"], "up": True},
+            "nodes": 1,
         }
+        assert str(os.getpid()) in status["bus"]["node"]  # host name and process id
     finally:
         bob.close()
         alice.close()
