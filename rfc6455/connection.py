@@ -583,13 +583,18 @@ class Connection:
     def _receive_closing(self, events: list[Event]) -> None:
         """CLOSING: we sent a close and wait for the peer's.
 
-        Section 5.5.1: after sending a close, no more data is sent, and what the peer
-        still sends before its own close is discarded.
+        Section 5.5.1: after sending a close, no more *data* frames are sent, and the
+        messages the peer still sends before its own close are discarded. A ping is still
+        answered: section 5.5.2 excuses the pong only once a close was *received*.
         """
         while (frame := self._parser.next_frame()) is not None:
             if frame.opcode is Opcode.CLOSE:
                 self._receive_close(bytes(frame.payload), events)
                 return
+            if frame.opcode is Opcode.PING:
+                payload = bytes(frame.payload)
+                self._out += self._frame(Opcode.PONG, payload)
+                events.append(Ping(payload))
 
     def receive_eof(self) -> None:
         """The transport closed. Without a close handshake, that is 1006 (section 7.1.5)."""

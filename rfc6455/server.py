@@ -262,6 +262,7 @@ class ServerConnection:
         "_outgoing",
         "_pending",
         "_pending_size",
+        "_paused_for_tick",
         "_ping_payload",
         "_ping_timer",
         "_pong_timer",
@@ -296,6 +297,7 @@ class ServerConnection:
         self._outgoing = bytearray()  # what the kernel did not take
         self._write_registered = False
         self._close_after_flush = False
+        self._paused_for_tick = False
         #: Sends prepared frames as they are: no extension, no fragmentation (set at open).
         self._shares_frames = False
         self._shut_down = False
@@ -599,6 +601,15 @@ class ServerConnection:
             return
         protocol = self.protocol
         if protocol.paused:
+            if self.server._tick_callbacks and not self._paused_for_tick:
+                # An application that answers at the end of the tick (chatd acknowledges
+                # a message once it is committed) answers before the close reply: the
+                # connection goes on from there (Server.run_once).
+                self._queue(protocol.data_to_send())
+                self._paused_for_tick = True
+                self.server._paused.append(self)
+                return
+            self._paused_for_tick = False
             # The messages before a close frame or a violation are answered: go on.
             protocol.receive_data(b"")
         self._queue(protocol.data_to_send())
@@ -962,6 +973,9 @@ class Server:
         self.connections: set[ServerConnection] = set()
         self._dirty: list[ServerConnection] = []
         self._tick_callbacks: list[Callable[[], None]] = []
+        #: Connections stopped at a close frame or a violation until the tick callbacks
+        #: have answered the messages before it.
+        self._paused: list[ServerConnection] = []
         self._soon: deque[Callable[[], None]] = deque()
         self._executor: ThreadPoolExecutor | None = None
         self._wakeup = _Wakeup()
@@ -1215,6 +1229,12 @@ class Server:
                 callback()
             except Exception:
                 logger.exception("tick callback %r failed", callback)
+        if self._paused:
+            paused, self._paused = self._paused, []
+            for connection in paused:
+                if not connection.closed:
+                    connection._after_protocol()  # resumes: it was paused for this tick
+                connection._paused_for_tick = False
         self._flush()
         if self._shutdown_requested and not self._stopping:
             self._begin_shutdown()

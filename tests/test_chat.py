@@ -30,6 +30,7 @@ from typing import Any, Self
 import pytest
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websockets_connect
+from wire import WireClient, close_payload, encode
 
 from chatd.app import STATIC_DIR, ChatServer
 from chatd.config import ChatSettings
@@ -1129,3 +1130,26 @@ def test_resume_with_dm_delivers_the_dms_missed_while_away(connect: Connect) -> 
     assert [back.expect("dm")["text"] for _ in range(2)] == ["first", "while you were away"]
     back.send(type="resume", dm=-1, id="bad")
     assert back.expect("error", id="bad")["code"] == "bad_message"
+
+
+def test_a_message_sent_with_the_close_frame_is_acknowledged_before_the_close_reply(
+    chat: RunningChat,
+) -> None:
+    """A client that sends a message and its close in one write still gets the ack: the
+    runtime holds the close reply until the tick's commit has answered the message.
+    """
+    with WireClient.connect(("127.0.0.1", chat.port), timeout=TIMEOUT) as client:
+        assert client.handshake(path="/ws?name=quick").status == 101
+        for expected in ("welcome", "presence", "joined"):
+            assert json.loads(client.recv_message().data)["type"] == expected
+        message = json.dumps({"type": "message", "room": "lobby", "text": "bye", "id": "q1"})
+        client.send(encode(0x1, message.encode()) + encode(0x8, close_payload(1000)))
+        received = []
+        for _ in range(10):
+            frame = client.recv_frame()
+            if frame.opcode == 0x8:
+                break
+            received.append(json.loads(frame.payload))
+        assert [m["type"] for m in received] == ["message", "ack"]
+        assert received[1]["id"] == "q1"
+        assert frame.payload[:2] == b"\x03\xe8"

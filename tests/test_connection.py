@@ -856,6 +856,22 @@ def test_received_close_discards_a_message_in_progress() -> None:
     assert conn.data_to_send() == b"\x88\x02\x03\xe8"
 
 
+def test_a_ping_after_our_close_is_still_answered() -> None:
+    # Section 5.5.2: a pong is owed "unless it already received a Close frame"; only the
+    # peer's close excuses it, ours does not. A pong is a control frame, not data.
+    conn = server()
+    conn.close(1000)
+    data = masked(Opcode.TEXT, b"late") + masked(Opcode.PING, b"p")
+    assert conn.receive_data(data) == [Ping(b"p")]
+    assert conn.data_to_send() == b"\x8a\x01p"
+    assert conn.state is State.CLOSING
+    assert conn.receive_data(masked(Opcode.CLOSE, close_payload(1000))) == [
+        CloseReceived(1000, "")
+    ]
+    # Once the peer's close is in, a ping is not answered (nothing is read after it).
+    assert conn.data_to_send() == b""
+
+
 def test_close_handshake_started_by_us() -> None:
     conn = server()
     assert conn.close(1001, "going") == b"\x88\x07\x03\xe9going"
@@ -863,13 +879,11 @@ def test_close_handshake_started_by_us() -> None:
     assert conn.close_sent
     assert not conn.close_received
     assert not conn.should_close_transport
-    # Section 5.5.1: data frames and pings that cross our close are dropped: no events,
-    # no pong.
+    # Section 5.5.1: data frames and pongs that cross our close are dropped: no events.
     data = (
         masked(Opcode.TEXT, b"late")
         + masked(Opcode.BINARY, b"x" * 300)
         + masked(Opcode.TEXT, b"frag", fin=False)
-        + masked(Opcode.PING, b"p")
         + masked(Opcode.CONTINUATION, b"ment")
         + masked(Opcode.PONG, b"q")
     )
@@ -891,9 +905,11 @@ def test_close_handshake_started_by_a_client() -> None:
     conn = client()
     assert conn.close() == masked(Opcode.CLOSE, b"\x03\xe8")
     assert conn.receive_data(unmasked(Opcode.PING, b"p") + unmasked(Opcode.CLOSE)) == [
-        CloseReceived(1005, "")
+        Ping(b"p"),
+        CloseReceived(1005, ""),
     ]
-    assert conn.data_to_send() == b""
+    # The ping came before the server's close: its pong (masked, from a client) is owed.
+    assert conn.data_to_send() == masked(Opcode.PONG, b"p")
     assert conn.state is State.CLOSED
     assert conn.close_code == 1005
 
