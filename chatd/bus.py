@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from chatd.storage import Storage, StoredDM, StoredMessage
 
@@ -34,6 +35,7 @@ __all__ = [
     "NodeState",
     "RemoteNodes",
     "WriteDone",
+    "redacted",
 ]
 
 #: Seconds between a node's snapshots of its users and rooms on the bus.
@@ -210,3 +212,21 @@ def snapshot_state(users: Iterable[str], rooms: dict[str, Iterable[str]], seen: 
         {room: set(members) for room, members in rooms.items() if members},
         seen,
     )
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (in the user part or the query), for logs and
+    ``/api/status``; everything else as it was written.
+    """
+    parts = urlsplit(url)
+    shown = url
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        shown = shown.replace(userinfo + "@", userinfo.split(":", 1)[0] + ":***@", 1)
+    if parts.query:
+        query = "&".join(
+            f"{name}=***" if name.lower() == "password" else name + eq + value
+            for name, eq, value in (pair.partition("=") for pair in parts.query.split("&"))
+        )
+        shown = shown.replace("?" + parts.query, "?" + query, 1)
+    return shown

@@ -260,10 +260,9 @@ class Hub:
                 present = set(session.rooms)
                 self._detach(session, announce=False)
                 old.close(CLOSE_REPLACED, "replaced by a newer connection")
-            if (
-                not authenticated
-                and session.user in self.users
-                and session not in self.users[session.user]
+            if not authenticated and (
+                (session.user in self.users and session not in self.users[session.user])
+                or self.remote.is_online(session.user)
             ):
                 # Someone else took the name while this session was away.
                 session.user = self._unique_name(session.user)
@@ -597,12 +596,21 @@ class Hub:
     def _ack_again(
         self, session: Session, key: tuple[str, str, int], item: StoredMessage | StoredDM
     ) -> None:
-        """A resent client id: ack it (now if committed, else with the original)."""
+        """A resent client id: ack it now if committed, else when it is (with the
+        original, or alone: a record another node numbered may be queued here unclaimed).
+        """
         waiters = self._waiting.get(key)
+        if waiters is None and not self._committed(item):
+            waiters = self._waiting[key] = _Waiters([])
         if waiters is not None:
             waiters.sessions.append(session)
         else:
             session.send(_ack_wire(item))
+
+    def _committed(self, item: StoredMessage | StoredDM) -> bool:
+        if isinstance(item, StoredMessage):
+            return item.seq <= self.storage.visible_seq(item.room)
+        return item.id <= self.storage.visible_dm_id
 
     # --- commands ------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chatd.bus import redacted
+
 __all__ = ["OPTIONS", "ConfigError", "Loaded", "Option", "add_flags", "load"]
 
 #: The environment variables' prefix.
@@ -361,6 +363,8 @@ class Loaded:
         for option in OPTIONS:
             value = self.values[option.name]
             shown = "********" if option.secret and value is not None else _show(value)
+            if option.name == "bus":
+                shown = redacted(shown)  # a Redis URL may carry a password
             lines.append(f"{option.name:<{width}} = {shown}  ({self.sources[option.name]})")
         return "\n".join(lines)
 

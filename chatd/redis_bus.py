@@ -43,14 +43,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from chatd.bus import BusUnavailable, WriteDone
+from chatd.bus import BusUnavailable, WriteDone, redacted
 from chatd.storage import StoredDM, StoredMessage
 
-__all__ = ["DEFAULT_MAX_OUTBOX", "RedisBus", "redacted"]
+__all__ = ["DEFAULT_MAX_OUTBOX", "RedisBus"]
 
 logger = logging.getLogger("chatd.bus")
 
@@ -67,6 +66,8 @@ READ_BLOCK_MS = 1000
 BATCH = 512
 #: Batches handed to the loop and not yet taken before the reader waits.
 MAX_HANDED = 4
+#: Seconds between the reader's checks that Redis is the same process (its run_id).
+RUN_ID_CHECK = 1.0
 
 _MESSAGE_SCRIPT = """
 if ARGV[5] ~= '' then
@@ -74,6 +75,10 @@ if ARGV[5] ~= '' then
   if seen then return {tonumber(seen), 0} end
 end
 local seq = redis.call('INCR', KEYS[1])
+if seq <= tonumber(ARGV[9]) then
+  seq = tonumber(ARGV[9]) + 1
+  redis.call('SET', KEYS[1], seq)
+end
 redis.call('XADD', KEYS[2], seq .. '-0',
   'ts', ARGV[6], 's', ARGV[2], 't', ARGV[3], 'k', ARGV[4], 'c', ARGV[5])
 if ARGV[5] ~= '' then redis.call('SET', KEYS[4], seq, 'EX', ARGV[8]) end
@@ -89,6 +94,10 @@ if ARGV[4] ~= '' then
   if seen then return {tonumber(seen), 0} end
 end
 local id = redis.call('INCR', KEYS[1])
+if id <= tonumber(ARGV[8]) then
+  id = tonumber(ARGV[8]) + 1
+  redis.call('SET', KEYS[1], id)
+end
 redis.call('XADD', KEYS[2], id .. '-0',
   'ts', ARGV[5], 's', ARGV[1], 'to', ARGV[2], 't', ARGV[3], 'c', ARGV[4])
 if ARGV[4] ~= '' then redis.call('SET', KEYS[4], id, 'EX', ARGV[7]) end
@@ -110,18 +119,6 @@ _NETWORK_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 Item = StoredMessage | StoredDM | dict[str, Any]
 
 
-def redacted(url: str) -> str:
-    """``url`` without its password, for logs and ``/api/status``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
-
-
 @dataclass(slots=True)
 class _Request:
     """One command for the writer: a write (``done`` set) or an event (fire and forget)."""
@@ -130,6 +127,7 @@ class _Request:
     keys: list[str]
     args: list[str | int]
     done: WriteDone | None = None
+    room: str = ""
 
 
 class _Backoff:
@@ -174,11 +172,17 @@ class RedisBus:
         # Checked now, so that a bad URL stops the start instead of a thread.
         redis.Redis.from_url(url)
         self._bus_key = f"{prefix}:bus"
+        # The reader's: what it has handed to the loop.
         self._known = dict(last_seqs)
         self._known_dm = last_dm_id
+        # The loop's: the same figures as the loop has taken them (the writes' floors).
+        self._floors = dict(last_seqs)
+        self._dm_floor = last_dm_id
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._handed = threading.Semaphore(MAX_HANDED)
+        #: The reader waited for the loop to take its batches (reader thread only).
+        self._waited = False
         self._threads: list[threading.Thread] = []
         self._call_soon: Callable[[Callable[[], None]], None] | None = None
         self._deliver: Callable[[Sequence[Item]], None] | None = None
@@ -240,8 +244,11 @@ class RedisBus:
             ts,
             self.stream_length,
             CLIENT_ID_TTL,
+            # The last seq this node has seen: never handed out again, even by a Redis
+            # that restarted without its data before the reader noticed.
+            self._floors.get(room, 0),
         ]
-        self._write(_Request("message", keys, args, done))
+        self._write(_Request("message", keys, args, done, room))
 
     def write_dm(  # noqa: PLR0917
         self,
@@ -263,6 +270,7 @@ class RedisBus:
             ts,
             self.stream_length,
             CLIENT_ID_TTL,
+            self._dm_floor,
         ]
         self._write(_Request("dm", keys, args, done))
 
@@ -345,13 +353,26 @@ class RedisBus:
             self.writes_waiting -= 1
             if isinstance(result, BaseException):
                 request.done(result)
-            else:
-                request.done(int(result[0]))
+                continue
+            number = int(result[0])
+            if request.kind == "message":
+                if number > self._floors.get(request.room, 0):
+                    self._floors[request.room] = number
+            elif number > self._dm_floor:
+                self._dm_floor = number
+            request.done(number)
 
     def _arrived(self, items: Sequence[Item]) -> None:
         """The reader's entries (on the loop thread), in the bus's order."""
         try:
             self.entries_received += len(items)
+            floors = self._floors
+            for item in items:
+                if isinstance(item, StoredMessage):
+                    if item.seq > floors.get(item.room, 0):
+                        floors[item.room] = item.seq
+                elif isinstance(item, StoredDM) and item.id > self._dm_floor:
+                    self._dm_floor = item.id
             assert self._deliver is not None
             self._deliver(items)
         finally:
@@ -441,9 +462,21 @@ class RedisBus:
         backoff = _Backoff()
         position: str | None = None
         synced = False
+        run_id = None
+        checked = 0.0
         while not self._stop.is_set():
             try:
+                if synced and (self._waited or time.monotonic() - checked > RUN_ID_CHECK):
+                    self._waited = False
+                    # redis-py reconnects by itself between two commands: a restarted
+                    # Redis shows as a new run_id, and is caught up with like a reconnection.
+                    checked = time.monotonic()
+                    if client.info("server")["run_id"] != run_id:
+                        logger.warning("Redis restarted: catching up from the room logs")
+                        synced = False
                 if not synced:
+                    run_id = client.info("server")["run_id"]
+                    checked = time.monotonic()
                     if position is None:
                         newest = client.xrevrange(self._bus_key, count=1)
                         position = newest[0][0].decode() if newest else "0-0"
@@ -474,9 +507,11 @@ class RedisBus:
         client.close()
 
     def _hand_over(self, items: list[Item]) -> None:
-        while not self._handed.acquire(timeout=0.5):
-            if self._stop.is_set():
-                return
+        if not self._handed.acquire(blocking=False):
+            self._waited = True  # Redis may have restarted meanwhile: check at once
+            while not self._handed.acquire(timeout=0.5):
+                if self._stop.is_set():
+                    return
         self._soon(functools.partial(self._arrived, items))
 
     def _parse(self, client: Any, fields: dict[bytes, bytes]) -> list[Item]:

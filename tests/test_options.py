@@ -127,6 +127,18 @@ def test_check_config_prints_values_and_sources_with_secrets_hidden(tmp_path: Pa
     assert lines["secret"].endswith(f"= ********  (file {config})")
 
 
+def test_check_config_hides_the_password_of_a_redis_url() -> None:
+    done = run_chatd("check-config", env={"CHATD_BUS": "redis://chatd:hunter2@127.0.0.1:6379/0"})
+    assert done.returncode == 0, done.stderr
+    assert "hunter2" not in done.stdout
+    assert "bus" in done.stdout and "redis://chatd:***@127.0.0.1:6379/0  (environment)" in (
+        done.stdout
+    )
+    done = run_chatd("check-config", "--bus", "postgres://127.0.0.1/chat")
+    assert done.returncode == 2
+    assert "bus must be 'local' or a redis:// URL" in done.stderr
+
+
 def test_a_bad_value_stops_the_start_with_its_name() -> None:
     done = run_chatd("--max-connections", "-1", "--port", "0")
     assert done.returncode == 2
