@@ -1,6 +1,6 @@
 """A WebSocket load generator that is not itself the bottleneck, and a comparison runner.
 
-Six commands::
+Seven commands::
 
     python -m bench.load echo --url ws://127.0.0.1:P/ --clients N --in-flight K \\
         --size 32 --duration S
@@ -8,6 +8,8 @@ Six commands::
     python -m bench.load churn --url wss://127.0.0.1:P/ --concurrency 32 --duration S
     python -m bench.load chat --url ws://127.0.0.1:P/ws --clients N --senders 5 \\
         (--rate R | --in-flight K) [--wait-joined]
+    python -m bench.load chat --url ws://127.0.0.1:P1/ws --url ws://127.0.0.1:P2/ws ...
+    python -m bench.load cluster --nodes 1,2,3 --clients 300 [--rate 20 --in-flight 200]
     python -m bench.load compare [--quick] [--suite echo|broadcast|chat]
     python -m bench.load calibration-server --port P
 
@@ -17,12 +19,15 @@ how much the server's resident memory (VmRSS) grew per connection. ``churn`` ope
 upgrades and closes connections back to back (over TLS for ``wss://``) and reports
 handshakes per second. ``chat`` joins N clients to one chat room, publishes from a few
 of them at a fixed rate (or as fast as K undelivered messages allow), and reports
-deliveries per second and send-to-receive latency. ``compare`` starts our servers (the
-echo server, a broadcast server on rfc6455, chatd) and the peers in ``bench/peers/`` on
-free ports, runs the scenarios round-robin over several rounds, prints medians and
-ratios, and writes every repetition to ``bench/results/`` (``python -m bench`` runs it
-beside the frame suite, into one file). ``calibration-server`` is a bare broadcast loop
-that measures the generator's ceiling.
+deliveries per second and send-to-receive latency; given several URLs (the nodes of a
+cluster) it spreads the clients, and the senders, round-robin over them. ``cluster``
+starts one chatd node on the local bus, then Redis with 1, 2, 3 nodes
+(``bench/cluster.py``), and runs ``chat`` over each, at a fixed rate and at full speed.
+``compare`` starts our servers (the echo server, a broadcast server on rfc6455, chatd)
+and the peers in ``bench/peers/`` on free ports, runs the scenarios round-robin over
+several rounds, prints medians and ratios, and writes every repetition to
+``bench/results/`` (``python -m bench`` runs it beside the frame suite, into one file).
+``calibration-server`` is a bare broadcast loop that measures the generator's ceiling.
 
 How the generator stays cheap: one ``selectors`` loop over raw non-blocking sockets,
 a handshake request built once, and one masked frame built once (a fixed masking key:
@@ -44,6 +49,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import http.client
 import importlib.metadata
 import importlib.util
 import json
@@ -63,12 +69,13 @@ import tempfile
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.cluster import ClusterError, Node, RedisServer, redis_server_path
 from rfc6455.codes import Opcode
 from rfc6455.frames import encode_frame
 from tls.localca import issue_leaf
@@ -81,6 +88,7 @@ __all__ = [
     "QUICK",
     "SUITES",
     "ChurnResult",
+    "ClusterSettings",
     "CompareSettings",
     "EchoResult",
     "IdleResult",
@@ -93,10 +101,13 @@ __all__ = [
     "compare",
     "format_table",
     "main",
+    "measure_cluster",
     "open_connections",
     "parse_target",
+    "run_chat",
     "run_echo",
     "run_idle",
+    "running_cluster",
     "scan_frames",
     "scenarios_for",
     "summarize",
@@ -1207,7 +1218,9 @@ SETTLE_QUIET = 0.3
 class ChatResult:
     """Broadcast deliveries measured by ``run_chat``."""
 
+    #: The first endpoint; ``urls`` has every one (clients spread round-robin over them).
     url: str
+    urls: list[str]
     clients: int
     senders: int
     #: Messages per second published (all senders together); None: as fast as the
@@ -1233,16 +1246,28 @@ class ChatResult:
     latency_max_ms: float | None
     #: Deliveries missing after the drain: published x clients - received, whole run.
     lost: int
+    #: The whole run (warm-up and drain included): messages published, room messages
+    #: received by all clients, and the fewest and most one client received (each must
+    #: equal ``published_total``: every message reaches every member exactly once).
+    published_total: int
+    deliveries_total: int
+    received_per_client_min: int
+    received_per_client_max: int
     #: How late the last scheduled message left the generator (fixed-rate mode), ms:
     #: large values mean the generator could not keep the schedule.
     send_lag_max_ms: float | None
     load_cpu_us_per_delivery: float
     load_cpu_percent: float
+    #: CPU of the server's processes together (several: chatd nodes and Redis), in
+    #: percent of one core; ``server_cpu_percents`` has each, in ``server_pids`` order.
     server_cpu_percent: float | None
     #: deliveries_per_s / server CPU share: deliveries per second of server CPU.
     deliveries_per_server_cpu_s: float | None
     other_cpu_percent: float | None
+    #: The first of ``server_pids``.
     server_pid: int | None
+    server_pids: list[int]
+    server_cpu_percents: list[float] | None
     connect_s: float
     settle_s: float
 
@@ -1412,7 +1437,7 @@ class _ChatLoop:
 
 
 def run_chat(
-    url: str,
+    url: str | Sequence[str],
     *,
     clients: int = 100,
     senders: int = 5,
@@ -1422,44 +1447,53 @@ def run_chat(
     warmup: float = 1.0,
     wait_joined: bool = False,
     latency_clients: int | None = None,
-    server_pid: int | None = None,
+    server_pid: int | Sequence[int] | None = None,
 ) -> ChatResult:
     """Join ``clients`` connections to one room and publish into it from ``senders`` of
     them; count the room messages every client receives and their latency.
 
-    ``url`` is the chat endpoint (``ws://127.0.0.1:P/ws``); client ``i`` connects with
-    ``?name=u<i>``. With ``wait_joined`` (chatd) a client is ready when its ``joined``
-    arrived; otherwise when connected. Once every client is ready and the presence
-    traffic has died down, the senders publish, round-robin, ``rate`` messages per
-    second in all, or with ``rate`` None as fast as the bound of ``in_flight`` messages
-    not yet delivered to everyone allows. Deliveries and latencies are counted for
-    ``duration`` seconds after ``warmup``; then publishing stops and every delivery must
-    arrive.
+    ``url`` is the chat endpoint (``ws://127.0.0.1:P/ws``), or several: the endpoints of
+    the nodes of one cluster, client ``i`` connecting to the ``i % len(url)``-th, so that
+    clients and senders alike are spread round-robin over the nodes. Client ``i``
+    connects with ``?name=u<i>``. With ``wait_joined`` (chatd) a client is ready when its
+    ``joined`` arrived; otherwise when connected. Once every client is ready and the
+    presence traffic has died down, the senders publish, round-robin, ``rate`` messages
+    per second in all, or with ``rate`` None as fast as the bound of ``in_flight``
+    messages not yet delivered to everyone allows. Deliveries and latencies are counted
+    for ``duration`` seconds after ``warmup``; then publishing stops and every delivery
+    must arrive.
 
     Latency is recorded on every client, or with ``latency_clients`` on that many,
     spread evenly (every k-th connection): reading the timestamps costs the generator
     more than counting the frames, and at the highest rates that matters.
+
+    ``server_pid``: the server's process, or every process that serves the load (each
+    node, and Redis), for their CPU use; by default the process listening on each URL's
+    port.
     """
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise LoadError("no URL to connect to")
     if clients < 1 or not 1 <= senders <= clients or duration <= 0 or warmup < 0:
         raise LoadError("clients and senders (at most clients) must be positive, duration too")
     if rate is not None and rate <= 0:
         raise LoadError("the rate must be positive (or None: as fast as in-flight allows)")
     if rate is None and in_flight < 1:
         raise LoadError("in-flight must be positive")
-    target = parse_target(url)
+    targets = [parse_target(each) for each in urls]
     if server_pid is None:
-        server_pid = find_listener_pid(target.port)
+        found = (find_listener_pid(target.port) for target in targets)
+        server_pids = list(dict.fromkeys(pid for pid in found if pid is not None))
+    elif isinstance(server_pid, int):
+        server_pids = [server_pid]
+    else:
+        server_pids = list(server_pid)
     raise_nofile_limit(clients + 64)
-    separator = "&" if "?" in target.path else "?"
-    paths = [f"{target.path}{separator}name=u{index}" for index in range(clients)]
-    opened = open_connections(target, clients, timeout=max(10.0, clients / 50), paths=paths)
-    if len(opened.sockets) < clients:
-        close_connections([sock for sock, _ in opened.sockets], timeout=1.0)
-        raise LoadError(f"opened {len(opened.sockets)} of {clients}: {dict(opened.errors)}")
+    opened, connect_s = _open_spread(targets, clients)
     every = max(1, clients // latency_clients) if latency_clients else 1
     connections = [
         _ChatClient(sock, rest, sampled=index % every == 0)
-        for index, (sock, rest) in enumerate(opened.sockets)
+        for index, (sock, rest) in enumerate(opened)
     ]
     loop = _ChatLoop(connections)
     try:
@@ -1471,24 +1505,57 @@ def run_chat(
             in_flight=in_flight,
             warmup=warmup,
             duration=duration,
-            server_pid=server_pid,
+            server_pids=server_pids,
         )
     finally:
         loop.close()
         close_connections([connection.sock for connection in connections], timeout=2.0)
     result.update(
-        url=target.url,
+        url=targets[0].url,
+        urls=[target.url for target in targets],
         clients=clients,
         senders=senders,
         rate=rate,
         in_flight=None if rate is not None else in_flight,
         latency_clients=sum(connection.sampled for connection in connections),
         warmup_s=warmup,
-        server_pid=server_pid,
-        connect_s=round(opened.seconds, 3),
+        server_pid=server_pids[0] if server_pids else None,
+        server_pids=server_pids,
+        connect_s=round(connect_s, 3),
         settle_s=round(settle_s, 3),
     )
     return ChatResult(**result)
+
+
+def _open_spread(
+    targets: Sequence[Target], clients: int
+) -> tuple[list[tuple[socket.socket, bytes]], float]:
+    """Open ``clients`` chat connections, client ``i`` to ``targets[i % len(targets)]``
+    as ``u<i>``; return them in that order (round-robin over the targets) and the time it
+    took. Raises ``LoadError`` (with every socket closed) if any could not be opened.
+    """
+    started = time.monotonic()
+    per_target: list[list[tuple[socket.socket, bytes]]] = []
+    failure: str | None = None
+    for number, target in enumerate(targets):
+        indexes = range(number, clients, len(targets))
+        separator = "&" if "?" in target.path else "?"
+        paths = [f"{target.path}{separator}name=u{index}" for index in indexes]
+        opened = open_connections(
+            target, len(paths), timeout=max(10.0, len(paths) / 50), paths=paths
+        )
+        per_target.append(opened.sockets)
+        if len(opened.sockets) < len(paths):
+            failure = (
+                f"opened {len(opened.sockets)} of {len(paths)} to {target.url}:"
+                f" {dict(opened.errors)}"
+            )
+            break
+    if failure is not None:
+        close_connections([sock for each in per_target for sock, _ in each], timeout=1.0)
+        raise LoadError(failure)
+    spread = [per_target[index % len(targets)][index // len(targets)] for index in range(clients)]
+    return spread, time.monotonic() - started
 
 
 def _settle(loop: _ChatLoop, wait_joined: bool, *, timeout: float) -> float:
@@ -1516,7 +1583,7 @@ def _publish(
     in_flight: int,
     warmup: float,
     duration: float,
-    server_pid: int | None,
+    server_pids: Sequence[int],
 ) -> dict[str, Any]:
     """Publish for ``warmup + duration``, measure the second part, then drain."""
     members = len(loop.clients)
@@ -1531,7 +1598,8 @@ def _publish(
     measure_from = started + warmup
     measure_start = measure_from
     end = measure_from + duration
-    cpu_start = server_cpu_start = machine_cpu_start = 0.0
+    cpu_start = machine_cpu_start = 0.0
+    servers_cpu_start: list[float] = []
     interval = 1.0 / rate if rate is not None else 0.0
     while True:
         now = time.perf_counter()
@@ -1542,8 +1610,7 @@ def _publish(
             received_from = loop.received
             cpu_start = time.process_time()
             machine_cpu_start = read_machine_busy_seconds()
-            if server_pid is not None:
-                server_cpu_start = read_cpu_seconds(server_pid)
+            servers_cpu_start = [read_cpu_seconds(pid) for pid in server_pids]
         if now >= end:
             break
         # Publish what is due: by the clock at a fixed rate, else up to the bound.
@@ -1571,9 +1638,11 @@ def _publish(
     sent = published - published_from
     load_cpu = time.process_time() - cpu_start
     machine_cpu = read_machine_busy_seconds() - machine_cpu_start
-    server_cpu = None
-    if server_pid is not None:
-        server_cpu = read_cpu_seconds(server_pid) - server_cpu_start
+    servers_cpu = [
+        read_cpu_seconds(pid) - before
+        for pid, before in zip(server_pids, servers_cpu_start, strict=True)
+    ]
+    server_cpu = sum(servers_cpu) if servers_cpu else None
     # Every published message must reach every member: wait for the last ones.
     expected = published * members
     deadline = time.monotonic() + DRAIN_TIMEOUT
@@ -1585,6 +1654,12 @@ def _publish(
             f"{lost} of {expected} deliveries missing {DRAIN_TIMEOUT:.0f}s after the last"
             " message was published"
         )
+    fewest = min(client.received for client in loop.clients)
+    most = max(client.received for client in loop.clients)
+    if most > published:
+        # The total can look right while one client got a message twice and another
+        # missed it: each client must have each message exactly once.
+        raise LoadError(f"a client received {most} room messages, {published} were published")
     measured = finished - measure_start
     other_cpu = None
     if server_cpu is not None:
@@ -1608,10 +1683,17 @@ def _publish(
         "latency_p99_ms": milliseconds(0.99),
         "latency_max_ms": round(ordered[-1] / 1e6, 2) if ordered else None,
         "lost": lost,
+        "published_total": published,
+        "deliveries_total": loop.received,
+        "received_per_client_min": fewest,
+        "received_per_client_max": most,
         "send_lag_max_ms": round(send_lag * 1e3, 2) if rate is not None else None,
         "load_cpu_us_per_delivery": round(load_cpu / received * 1e6, 2) if received else 0.0,
         "load_cpu_percent": round(100 * load_cpu / measured, 1),
         "server_cpu_percent": None if server_cpu is None else round(100 * server_cpu / measured, 1),
+        "server_cpu_percents": [round(100 * each / measured, 1) for each in servers_cpu]
+        if servers_cpu
+        else None,
         "deliveries_per_server_cpu_s": round(received / server_cpu) if server_cpu else None,
         "other_cpu_percent": None if other_cpu is None else round(100 * other_cpu / measured, 1),
     }
@@ -2755,6 +2837,349 @@ def format_table(
     return "\n".join(lines)
 
 
+# --- cluster: chatd nodes sharing one Redis ---------------------------------------------------
+
+#: chatd's flags on every node of a capacity run: no limits (every client comes from one
+#: address and publishes as fast as it may: a benchmark, not abuse), warnings only.
+CLUSTER_NODE_ARGUMENTS = (
+    "--log-level",
+    "WARNING",
+    "--rate-limit",
+    "0",
+    "--max-connections-per-ip",
+    "0",
+)
+#: The two measurements of every setup: at a fixed total rate (latency), and as fast as
+#: the in-flight bound allows (throughput).
+CLUSTER_MODES = ("rate", "max")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """What ``python -m bench.load cluster`` measures: for each node count, Redis and
+    that many chatd nodes (plus one node on the local bus, the baseline), each mode on a
+    fresh cluster.
+    """
+
+    #: Node counts on Redis.
+    nodes: tuple[int, ...] = (1, 2, 3)
+    #: Also one node with ``--bus local`` (no Redis), measured first.
+    baseline: bool = True
+    clients: int = 300
+    senders: int = 6
+    #: Messages/s in all, for the latency measurement.
+    rate: float = 20.0
+    #: Messages not yet delivered to every client, for the throughput measurement: enough
+    #: to keep every process busy (fewer, and the bus's round trips bound the rate).
+    in_flight: int = 200
+    duration: float = 3.0
+    warmup: float = 1.0
+    rounds: int = 1
+    #: Redis's ``appendfsync``: ``always`` (what an acknowledgement surviving a power
+    #: loss needs) or ``everysec``.
+    appendfsync: str = "always"
+    #: Before each run, wait up to this many seconds for the rest of the machine to be
+    #: quiet (other processes under NOISE_LIMIT percent of one core): for shared machines.
+    quiet_wait: float = 0.0
+    #: Repeat a run during which other processes used more than NOISE_LIMIT percent.
+    noise_retries: int = NOISY_RETRIES
+
+    def setups(self) -> list[int | None]:
+        """The setups in the order measured: None for the local bus, else a node count."""
+        return ([None] if self.baseline else []) + list(self.nodes)
+
+
+def wait_for_quiet(longest: float, *, window: float = 1.0) -> float:
+    """Wait until the machine's processes used under ``NOISE_LIMIT`` percent of one core
+    during ``window`` seconds, for at most ``longest`` seconds; return how long it took
+    (``longest`` or more: it never became quiet).
+    """
+    started = time.monotonic()
+    while True:
+        before = read_machine_busy_seconds()
+        time.sleep(window)
+        busy = 100 * (read_machine_busy_seconds() - before) / window
+        waited = time.monotonic() - started
+        if busy <= NOISE_LIMIT or waited >= longest:
+            return waited
+
+
+def setup_name(nodes: int | None) -> str:
+    """``local`` for one node on the local bus, else ``redis-N``."""
+    return "local" if nodes is None else f"redis-{nodes}"
+
+
+@contextlib.contextmanager
+def running_cluster(
+    nodes: int | None, directory: Path, *, appendfsync: str = "always"
+) -> Iterator[tuple[list[Node], RedisServer | None]]:
+    """Start ``nodes`` chatd nodes on a fresh ``redis-server`` (None: one node with
+    ``--bus local`` and no Redis) in ``directory``, wait until every node is ready, and
+    stop them all (nodes first, then Redis) by their PIDs when done.
+    """
+    redis: RedisServer | None = None
+    started: list[Node] = []
+    try:
+        if nodes is None:
+            started.append(Node("local", "local", directory / "local", *CLUSTER_NODE_ARGUMENTS))
+        else:
+            redis = RedisServer(directory / "redis", appendfsync=appendfsync)
+            for number in range(nodes):
+                name = f"node{number + 1}"
+                started.append(Node(name, redis.url, directory / name, *CLUSTER_NODE_ARGUMENTS))
+        for node in started:
+            node.wait_ready()
+        yield started, redis
+    finally:
+        for node in started:
+            node.stop()
+        if redis is not None:
+            redis.stop()
+
+
+def _node_status(node: Node) -> dict[str, Any]:
+    """What a node says of itself after a run: messages in its replica, nodes it knows."""
+    try:
+        status, body = node.get("/api/status")
+    except (OSError, http.client.HTTPException) as error:
+        return {"error": str(error)}
+    if status != 200 or not isinstance(body, dict):
+        return {"error": f"HTTP {status}"}
+    bus = body.get("bus", {})
+    return {
+        "stored_messages": body.get("stored_messages"),
+        "nodes": body.get("nodes"),
+        "bus_up": bus.get("up"),
+        "bus_received": bus.get("received"),
+        "bus_reconnects": bus.get("reconnects"),
+    }
+
+
+def measure_cluster_run(
+    nodes: int | None, mode: str, settings: ClusterSettings, directory: Path
+) -> dict[str, Any]:
+    """One measurement (``mode`` ``rate`` or ``max``) on a fresh cluster: the chat load
+    spread round-robin over the nodes, then what each node holds. Failures are recorded
+    in ``error``, not raised.
+    """
+    run: dict[str, Any] = {
+        "setup": setup_name(nodes),
+        "bus": "local" if nodes is None else "redis",
+        "nodes": 1 if nodes is None else nodes,
+        "mode": mode,
+    }
+    try:
+        with running_cluster(nodes, directory, appendfsync=settings.appendfsync) as (
+            started,
+            redis,
+        ):
+            pids = [node.process.pid for node in started if node.process is not None]
+            if redis is not None and redis.process is not None:
+                pids.append(redis.process.pid)
+            result = run_chat(
+                [node.url() for node in started],
+                clients=settings.clients,
+                senders=settings.senders,
+                rate=settings.rate if mode == "rate" else None,
+                in_flight=settings.in_flight,
+                duration=settings.duration,
+                warmup=settings.warmup,
+                wait_joined=True,
+                # As compare does: every delivery timed at the fixed rate; at full speed a
+                # quarter of the clients (at most 100), to keep the generator's cost down.
+                latency_clients=None if mode == "rate" else min(100, max(1, settings.clients // 4)),
+                server_pid=pids,
+            )
+            run["result"] = dataclasses.asdict(result)
+            run["node_status"] = [_node_status(node) for node in started]
+    except (LoadError, ClusterError, OSError, subprocess.SubprocessError) as error:
+        run["error"] = str(error)
+    return run
+
+
+def _median(runs: Sequence[dict[str, Any]], metric: str) -> float | None:
+    values = [run["result"][metric] for run in runs if run["result"].get(metric) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize_cluster(
+    settings: ClusterSettings, runs: Sequence[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per setup: medians over the rounds of each mode's figures."""
+    summary: dict[str, dict[str, Any]] = {}
+    for nodes in settings.setups():
+        name = setup_name(nodes)
+        entry: dict[str, Any] = {"nodes": 1 if nodes is None else nodes}
+        for mode in CLUSTER_MODES:
+            tried = [
+                run
+                for run in runs
+                if run["setup"] == name and run["mode"] == mode and "discarded" not in run
+            ]
+            done = [run for run in tried if "result" in run]
+            entry[mode] = {
+                "counted": len(done),
+                "failed": len(tried) - len(done),
+                **{
+                    metric: _median(done, metric)
+                    for metric in (
+                        "deliveries_per_s",
+                        "published_per_s",
+                        "latency_p50_ms",
+                        "latency_p99_ms",
+                        "server_cpu_percent",
+                        "load_cpu_percent",
+                        "other_cpu_percent",
+                    )
+                },
+            }
+        summary[name] = entry
+    return summary
+
+
+def format_cluster_table(settings: ClusterSettings, summary: dict[str, dict[str, Any]]) -> str:
+    """The summary as a Markdown table (as ``docs/scaling.md`` shows it)."""
+
+    def cell(value: float | None, digits: int = 1) -> str:
+        if value is None:
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+
+    rate = f"{settings.rate:g} msg/s"
+    rows = [
+        [
+            "setup",
+            f"{rate}: deliveries/s",
+            f"{rate}: p50 ms",
+            f"{rate}: p99 ms",
+            f"max ({settings.in_flight} in flight): deliveries/s",
+            "max: msg/s",
+            "max: p50 ms",
+            "max: p99 ms",
+            "max: server CPU %",
+            "max: generator CPU %",
+        ]
+    ]
+    for name, entry in summary.items():
+        fixed, top = entry["rate"], entry["max"]
+        rows.append(
+            [
+                name,
+                cell(fixed["deliveries_per_s"]),
+                cell(fixed["latency_p50_ms"]),
+                cell(fixed["latency_p99_ms"]),
+                cell(top["deliveries_per_s"]),
+                cell(top["published_per_s"]),
+                cell(top["latency_p50_ms"]),
+                cell(top["latency_p99_ms"]),
+                cell(top["server_cpu_percent"], 0),
+                cell(top["load_cpu_percent"], 0),
+            ]
+        )
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines.insert(1, "|" + " --- |" * len(rows[0]))
+    return "\n".join(lines)
+
+
+def measure_cluster(
+    settings: ClusterSettings,
+    *,
+    output: Path | None = None,
+    log: Callable[[str], None] = print,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Measure every setup of ``settings`` in both modes, ``rounds`` times (setups in a
+    rotated order each round); print a table and write the report to ``bench/results/``
+    (unless ``save`` is false). ``report["failed"]`` counts the runs that failed.
+    """
+    if redis_server_path() is None and settings.nodes:
+        raise LoadError("redis-server is not installed (Debian: apt-get install redis-server)")
+    setups = settings.setups()
+    if not setups or settings.rounds < 1:
+        raise LoadError("nothing to measure: give node counts (or the baseline) and rounds")
+    raise_nofile_limit(settings.clients + 1024)
+    started_at = time.time()
+    runs: list[dict[str, Any]] = []
+    retries_left = NOISY_RETRY_BUDGET
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as scratch:
+        for round_number in range(settings.rounds):
+            shift = round_number % len(setups)
+            for nodes in setups[shift:] + setups[:shift]:
+                for mode in CLUSTER_MODES:
+                    for attempt in range(1 + settings.noise_retries):
+                        directory = Path(scratch) / (
+                            f"{round_number}-{setup_name(nodes)}-{mode}-{attempt}"
+                        )
+                        waited = wait_for_quiet(settings.quiet_wait) if settings.quiet_wait else 0
+                        run = measure_cluster_run(nodes, mode, settings, directory)
+                        run["round"] = round_number + 1
+                        run["attempt"] = attempt + 1
+                        run["quiet_wait_s"] = round(waited, 1)
+                        runs.append(run)
+                        log(f"{round_number + 1}/{settings.rounds} " + _describe_cluster_run(run))
+                        other = run.get("result", {}).get("other_cpu_percent")
+                        if (
+                            other is None
+                            or other <= NOISE_LIMIT
+                            or attempt == settings.noise_retries
+                            or retries_left == 0
+                        ):
+                            break
+                        # Another process took CPU meanwhile: measure again, keep both.
+                        run["discarded"] = f"other processes used {other}% CPU"
+                        retries_left -= 1
+    summary = summarize_cluster(settings, runs)
+    table = format_cluster_table(settings, summary)
+    report = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_at)),
+        "wall_s": round(time.time() - started_at, 1),
+        **environment(),
+        "redis_server": _redis_version(),
+        "settings": dataclasses.asdict(settings),
+        "node_arguments": list(CLUSTER_NODE_ARGUMENTS),
+        "summary": summary,
+        "failed": sum(1 for run in runs if "error" in run),
+        "runs": runs,
+    }
+    log("")
+    log(table)
+    if save:
+        if output is None:
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started_at))
+            output = RESULTS_DIR / f"cluster-{stamp}.json"
+        output.write_text(json.dumps(report, indent=2) + "\n")
+        log(f"\nwrote {output} ({report['wall_s']:.0f} s)")
+    return report
+
+
+def _describe_cluster_run(run: dict[str, Any]) -> str:
+    where = f"{run['setup']:<8} {run['mode']:<4}"
+    if "error" in run:
+        return f"{where} failed: {run['error']}"
+    result = run["result"]
+    cpus = result["server_cpu_percents"] or []
+    return (
+        f"{where} {result['deliveries_per_s']:>10,.0f} deliveries/s  "
+        f"{result['published_per_s']:>7,.1f} msg/s  "
+        f"p50 {result['latency_p50_ms']} ms  p99 {result['latency_p99_ms']} ms  "
+        f"server CPU {result['server_cpu_percent']}% ({' + '.join(f'{c:g}' for c in cpus)})  "
+        f"load CPU {result['load_cpu_percent']}%  other {result['other_cpu_percent']}%"
+    )
+
+
+def _redis_version() -> str | None:
+    path = redis_server_path()
+    if path is None:
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        completed = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+        return completed.stdout.strip() or None
+    return None
+
+
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -2786,7 +3211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     idle.add_argument("--json", action="store_true", help="print the result as one JSON line")
 
     chat = commands.add_parser("chat", help="broadcast deliveries/s and latency in one room")
-    chat.add_argument("--url", required=True, help="the chat endpoint, ws://127.0.0.1:P/ws")
+    chat.add_argument(
+        "--url",
+        required=True,
+        action="append",
+        help="the chat endpoint, ws://127.0.0.1:P/ws; repeat it for the nodes of a cluster"
+        " (clients and senders spread round-robin)",
+    )
     chat.add_argument("--clients", type=int, default=100)
     chat.add_argument("--senders", type=int, default=5)
     chat.add_argument(
@@ -2802,9 +3233,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--latency-clients", type=int, help="record latency on this many clients (default all)"
     )
     chat.add_argument(
-        "--server-pid", type=int, help="for CPU use (found from the port if not given)"
+        "--server-pid",
+        type=int,
+        action="append",
+        help="for CPU use, repeatable: every node, and Redis (found from the ports if not given)",
     )
     chat.add_argument("--json", action="store_true", help="print the result as one JSON line")
+
+    cluster = commands.add_parser(
+        "cluster", help="chat capacity of 1..N chatd nodes on one Redis, and the local bus"
+    )
+    cluster.add_argument(
+        "--nodes", default="1,2,3", help="node counts on Redis, comma-separated (default 1,2,3)"
+    )
+    cluster.add_argument(
+        "--no-baseline", action="store_true", help="skip the single node on the local bus"
+    )
+    cluster.add_argument("--clients", type=int, default=300)
+    cluster.add_argument("--senders", type=int, default=6)
+    cluster.add_argument("--rate", type=float, default=20.0, help="messages/s in all (latency)")
+    cluster.add_argument(
+        "--in-flight", type=int, default=200, help="undelivered messages (throughput)"
+    )
+    cluster.add_argument("--duration", type=float, default=3.0)
+    cluster.add_argument("--warmup", type=float, default=1.0)
+    cluster.add_argument("--rounds", type=int, default=1, help="medians over this many")
+    cluster.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
+    cluster.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait, before each run, for other processes to go quiet (shared hosts)",
+    )
+    cluster.add_argument("--output", type=Path, help="JSON file (default bench/results/)")
 
     churn = commands.add_parser("churn", help="whole connections (handshake to close) per second")
     churn.add_argument("--url", required=True, help="ws:// or wss:// on 127.0.0.1")
@@ -2875,6 +3336,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warmup=args.warmup,
                 server_pid=args.server_pid,
             )
+        elif args.command == "cluster":
+            try:
+                counts = tuple(int(part) for part in args.nodes.split(",") if part.strip())
+            except ValueError:
+                raise LoadError(f"--nodes takes counts like 1,2,3, not {args.nodes!r}") from None
+            report = measure_cluster(
+                ClusterSettings(
+                    nodes=counts,
+                    baseline=not args.no_baseline,
+                    clients=args.clients,
+                    senders=args.senders,
+                    rate=args.rate,
+                    in_flight=args.in_flight,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                    rounds=args.rounds,
+                    appendfsync=args.appendfsync,
+                    quiet_wait=args.quiet_wait,
+                ),
+                output=args.output,
+            )
+            return 1 if report["failed"] else 0
         elif args.command == "calibration-server":
             serve_calibration(args.port, max_seconds=args.max_seconds)
             return 0

@@ -895,7 +895,12 @@ class Hub:
             if isinstance(item, dict):
                 if self.storage.pending:
                     self.flush()
-                self._remote_event(item)
+                try:
+                    self._remote_event(item)
+                except (KeyError, TypeError, ValueError) as error:
+                    # Another version's event, or a broken one: skipped, and the records
+                    # after it in the batch are still applied.
+                    logger.error("bus event skipped: %r (%r)", item, error)
             else:
                 try:
                     self.storage.add_replicated(item)

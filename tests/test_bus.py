@@ -474,6 +474,22 @@ def test_a_remote_receipt_reaches_the_senders_sessions_here(node: ThisNode) -> N
     assert node.storage.receipts("lobby")["carol"] == (1, 1)
 
 
+def test_a_broken_event_is_skipped_and_the_records_after_it_are_applied(
+    node: ThisNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another version's event (a typing event without its room) in the middle of a batch.
+    _, bob_peer = node.connect("bob")
+    clear(bob_peer)
+    record = StoredMessage("lobby", 1, TS, "carol", "after the bad one", "text", "c1")
+    with caplog.at_level(logging.ERROR, logger="chatd.hub"):
+        node.hub.apply_bus(
+            [{"op": "typing", "node": "n2", "user": "carol", "active": True}, record]
+        )
+    assert "bus event skipped" in caplog.text
+    assert node.hub.flush() == 1
+    assert bob_peer.sent == [message_wire(record)]
+
+
 def test_replicated_records_are_delivered_at_the_commit(
     node: ThisNode, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -865,9 +865,7 @@ def test_a_ping_after_our_close_is_still_answered() -> None:
     assert conn.receive_data(data) == [Ping(b"p")]
     assert conn.data_to_send() == b"\x8a\x01p"
     assert conn.state is State.CLOSING
-    assert conn.receive_data(masked(Opcode.CLOSE, close_payload(1000))) == [
-        CloseReceived(1000, "")
-    ]
+    assert conn.receive_data(masked(Opcode.CLOSE, close_payload(1000))) == [CloseReceived(1000, "")]
     # Once the peer's close is in, a ping is not answered (nothing is read after it).
     assert conn.data_to_send() == b""
 

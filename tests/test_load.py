@@ -356,5 +356,10 @@ def test_compare_runs_every_kind_of_scenario(tmp_path: Path) -> None:
     assert "churn-wss" in names and "idle-20" in names
     values = {repetition["scenario"]: repetition["value"] for repetition in report["repetitions"]}
     assert set(values) == set(names)
-    assert all(value is not None and value > 0 for value in values.values()), lines
+    # Idle memory of 20 connections may round to 0 KiB (pages the server already had);
+    # every rate must be positive.
+    assert all(
+        value is not None and (value > 0 or (name.startswith("idle") and value == 0))
+        for name, value in values.items()
+    ), lines
     assert any(line.startswith("echo 1/1 ") for line in lines)
