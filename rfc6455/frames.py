@@ -33,10 +33,12 @@ from rfc6455.codes import CloseCode, Opcode
 from rfc6455.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
+    "HEADER_FIELDS",
     "MAX_CONTROL_PAYLOAD",
     "CloseCode",
     "Frame",
     "FrameParser",
+    "HeaderField",
     "Opcode",
     "apply_mask",
     "encode_frame",
@@ -45,6 +47,51 @@ __all__ = [
 #: Section 5.5: "All control frames MUST have a payload length of 125 bytes or less".
 MAX_CONTROL_PAYLOAD = 125
 
+
+class HeaderField(NamedTuple):
+    """One field of the frame header (section 5.2), as the RFC's figure names it.
+
+    ``widths`` lists the sizes in bits the field can have on the wire: one value for a
+    fixed field, several for a field whose presence or size another field decides
+    (0 meaning absent).
+    """
+
+    name: str
+    widths: tuple[int, ...]
+    meaning: str
+
+
+#: The frame header of section 5.2 as data, field by field in wire order, most
+#: significant bit first. ``docs/gen_diagrams.py`` draws the RFC's figure from it, at
+#: the widest (a 64-bit length and a masking key: 14 bytes); the shortest header is
+#: 2 bytes. The parser below does not read the table: it has the bit masks written out.
+HEADER_FIELDS: tuple[HeaderField, ...] = (
+    HeaderField("FIN", (1,), "1 on the final fragment of a message, 0 when more follow"),
+    HeaderField("RSV1", (1,), "reserved for extensions: permessage-deflate marks compression"),
+    HeaderField("RSV2", (1,), "reserved for extensions; 0 unless one defines it"),
+    HeaderField("RSV3", (1,), "reserved for extensions; 0 unless one defines it"),
+    HeaderField("opcode", (4,), "the frame type: continuation, text, binary, close, ping, pong"),
+    HeaderField(
+        "MASK", (1,), "1 when the payload is masked: always from a client, never from a server"
+    ),
+    HeaderField(
+        "Payload len",
+        (7,),
+        "the payload length if 0-125; 126: a 16-bit length follows; 127: a 64-bit one",
+    ),
+    HeaderField(
+        "Extended payload length",
+        (0, 16, 64),
+        "absent for payload len 0-125; else the length, big-endian, in 16 bits (126) or 64",
+    ),
+    HeaderField(
+        "Masking-key", (0, 32), "the 4-byte key the payload is XORed with (5.3), if MASK is 1"
+    ),
+)
+
+# The flag bits of the header's first two bytes, in the order of HEADER_FIELDS (FIN is
+# bit 0 of the first byte, the most significant; MASK is bit 0 of the second byte). The
+# hot paths write the 4-bit opcode and 7-bit payload len masks inline: 0x0F and 0x7F.
 _FIN = 0x80
 _RSV1 = 0x40
 _RSV2 = 0x20

@@ -480,7 +480,8 @@ def format_frame(frame: TracedFrame, *, color: bool = False) -> list[str]:
         text = repr(shown) if kind == "text" else shown
         note = f" ({kind})"
         if frame.truncated:
-            note = f" ({kind}; {frame.length - len(frame.payload)} more bytes not shown)"
+            hidden = frame.length - len(frame.payload)
+            note = f" ({kind}; {hidden} more byte{'s' if hidden != 1 else ''} not shown)"
         field_line("payload", text + note)
     for problem in frame.problems:
         lines.append("  " + _paint(f"problem: {problem}", _RED, color))

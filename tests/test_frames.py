@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import pytest
 
+from rfc6455 import frames
 from rfc6455.codes import CloseCode, Opcode, is_sendable_close_code
 from rfc6455.errors import LocalProtocolError, RemoteProtocolError
-from rfc6455.frames import MAX_CONTROL_PAYLOAD, Frame, FrameParser, apply_mask, encode_frame
+from rfc6455.frames import (
+    HEADER_FIELDS,
+    MAX_CONTROL_PAYLOAD,
+    Frame,
+    FrameParser,
+    apply_mask,
+    encode_frame,
+)
 
 MASK = b"\x37\xfa\x21\x3d"  # the masking key of the RFC 6455 section 5.7 examples
 LARGE = 1 << 20
@@ -657,3 +665,44 @@ def test_close_code_values() -> None:
 
 def test_max_control_payload() -> None:
     assert MAX_CONTROL_PAYLOAD == 125
+
+
+# --- HEADER_FIELDS: the header layout as data (section 5.2) --------------------------------
+
+
+def header_bit_masks() -> dict[str, tuple[int, int]]:
+    """Each fixed field of the first two bytes as (byte index, bit mask), from the table."""
+    masks = {}
+    start = 0
+    for field in HEADER_FIELDS:
+        width = max(field.widths)
+        byte, offset = divmod(start, 8)
+        if len(field.widths) == 1 and offset + width <= 8:
+            masks[field.name] = (byte, ((1 << width) - 1) << (8 - offset - width))
+        start += width
+    return masks
+
+
+def test_header_fields_agree_with_the_bit_masks_the_code_uses() -> None:
+    assert header_bit_masks() == {
+        "FIN": (0, frames._FIN),  # bit 0, the most significant bit: 0x80
+        "RSV1": (0, frames._RSV1),
+        "RSV2": (0, frames._RSV2),
+        "RSV3": (0, frames._RSV3),
+        "opcode": (0, 0x0F),
+        "MASK": (1, frames._MASK_BIT),
+        "Payload len": (1, 0x7F),
+    }
+    assert frames._FIN == 0x80
+
+
+def test_header_fields_agree_with_the_header_sizes_encode_frame_writes() -> None:
+    fields = {field.name: field.widths for field in HEADER_FIELDS}
+    assert sum(min(widths) for widths in fields.values()) == 2 * 8
+    assert sum(max(widths) for widths in fields.values()) == 14 * 8
+    lengths = {0: 5, 16: 126, 64: 1 << 16}  # payload sizes that need each length width
+    assert set(fields["Extended payload length"]) == set(lengths)
+    for extended, size in lengths.items():
+        for key_bits, mask in zip(fields["Masking-key"], (None, MASK), strict=True):
+            wire = encode_frame(Opcode.BINARY, bytes(size), mask=mask)
+            assert 8 * (len(wire) - size) == 16 + extended + key_bits

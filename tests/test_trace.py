@@ -271,6 +271,9 @@ def test_truncated_frames_are_explained() -> None:
         "  payload  'He' (text; 3 more bytes not shown)",
         "problem at byte 4: truncated frame: 3 payload bytes missing",
     ]
+    assert lines_of(bytes.fromhex("81 05 48 65 6c 6c"))[-2] == (
+        "  payload  'Hell' (text; 1 more byte not shown)"
+    )
     assert lines_of(bytes.fromhex("81 7e 01"))[-1] == (
         "problem at byte 0: truncated frame header: only 3 bytes at the end"
     )
