@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import re
 import threading
@@ -33,7 +32,7 @@ import pytest
 import redis
 from test_chat import FakePeer
 
-from bench.cluster import RedisServer, redis_server_path
+from bench.cluster import RedisServer
 from chatd.bus import NODE_TIMEOUT, BusUnavailable, LocalBus, WriteDone, redacted
 from chatd.hub import SESSION_GRACE, Hub, Session
 from chatd.redis_bus import MAX_HANDED, RedisBus
@@ -701,19 +700,6 @@ class Buses:
             bus.close()
         alive = [t.name for t in threading.enumerate() if t.name.startswith("chatd-bus-")]
         assert alive == [], f"bus threads still running: {alive}"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if redis_server_path() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed; .ci/run installs Debian's redis-server")
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    server = RedisServer(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

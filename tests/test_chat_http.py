@@ -9,6 +9,7 @@ exactly as an attacker would send them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -490,6 +491,27 @@ def test_python_m_chatd_reports_a_port_in_use(tmp_path: Path) -> None:
     chatd.wait_for(rf"cannot listen on 127\.0\.0\.1:{port}")
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """``main()`` in-process sets up the root logger on this test's stderr, which pytest
+    closes afterwards: put the root logger back, so that later tests' threads do not log
+    to a closed stream.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+
+
+@pytest.mark.usefixtures("root_logging")
 def test_main_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``main()`` itself (the subprocess tests cannot measure it): it serves until its
     SIGTERM handler runs, then closes the database and returns 0.
@@ -535,6 +557,7 @@ def test_main_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert (tmp_path / "db" / "chat.sqlite3").is_file()
 
 
+@pytest.mark.usefixtures("root_logging")
 def test_main_refuses_what_it_cannot_open(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -23,26 +22,13 @@ from typing import Any
 import pytest
 from test_chat import TIMEOUT, Chatter, RfcChatter
 
-from bench.cluster import Node, RedisServer, redis_server_path
+from bench.cluster import Node, RedisServer
 from rfc6455.client import ConnectionClosed
 
 Message = dict[str, Any]
 
 #: chatd.bus.NODE_TIMEOUT plus a heartbeat and some slack.
 NODE_GONE_WITHIN = 10.0 + 2.0 + 5.0
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if redis_server_path() is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed; .ci/run installs Debian's redis-server")
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    server = RedisServer(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Cluster:
