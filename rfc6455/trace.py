@@ -85,7 +85,7 @@ _OPCODE_NAMES = {opcode.value: opcode.name for opcode in Opcode}
 _HEADER_MEANINGS = {
     "host": "the server's host and port; required in every HTTP/1.1 request (4.1)",
     "upgrade": "asks to switch this connection to another protocol; must be 'websocket' (4.1)",
-    "connection": "must list 'Upgrade' so that proxies pass the upgrade on (4.1)",
+    "connection": "hop-by-hop options; an upgrade lists 'Upgrade' so proxies pass it on (4.1)",
     "sec-websocket-key": "16 random bytes, base64; the server proves it read them (4.1)",
     "sec-websocket-version": "protocol version; 13 is RFC 6455 (4.1)",
     "sec-websocket-accept": "base64(SHA-1(key + GUID)): the server understood the key (4.2.2)",
@@ -260,6 +260,18 @@ class TraceStream:
     def _next_head(self) -> TraceRecord | None:
         """Parse an HTTP head at the start of the buffer, or decide that frames begin."""
         first = self._buf[:1]
+        if self._offset == 0 and first == b"\x16":
+            if len(self._buf) < 2:
+                return None
+            if self._buf[1] == 0x03:
+                # A TLS handshake record (content type 22, version 3.x): encrypted from
+                # here on, so nothing to decode.
+                self._raw = True
+                return self._problem(
+                    0,
+                    "this is TLS (a handshake record), not plain HTTP: the tracer reads "
+                    "ws:// only; trace between a TLS-terminating proxy and the server",
+                )
         if not (b"A" <= first <= b"Z"):
             self._http = False
             return None

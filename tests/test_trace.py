@@ -29,6 +29,7 @@ from rfc6455.trace import (
     TracedProblem,
     TraceProxy,
     TraceRecord,
+    TraceStream,
     decode,
     format_frame,
     format_record,
@@ -263,6 +264,18 @@ def test_role_rules_come_from_the_frame_parser() -> None:
         "reserved bits set without a negotiated extension "
         "(a receiver closes with 1002 PROTOCOL_ERROR)",
     )
+
+
+def test_tls_is_recognised_and_not_decoded() -> None:
+    # The first bytes of a TLS 1.2/1.3 ClientHello record: content type 22, version 3.1.
+    hello = bytes.fromhex("16 03 01 00 f4 01 00 00 f0 03 03") + bytes(range(64))
+    stream = TraceStream("client")
+    (problem,) = stream.feed(hello[:1]) + stream.feed(hello[1:])
+    assert isinstance(problem, TracedProblem)
+    assert problem.offset == 0
+    assert problem.message.startswith("this is TLS (a handshake record)")
+    assert stream.feed(b"more encrypted bytes") == []
+    assert stream.finish() == []
 
 
 def test_truncated_frames_are_explained() -> None:
