@@ -56,6 +56,9 @@ class Bus(Protocol):
 
     #: This node's name on the bus.
     node: str
+    #: Whether the bus itself stores a sender's client id once (a resend gets the first
+    #: number back), so that the hub need not look it up in the database first.
+    dedups: bool
 
     #: True when writes are taken and events flow (``/ready`` answers 503 otherwise).
     @property
@@ -98,6 +101,8 @@ class Bus(Protocol):
 
 class LocalBus:
     """One node, nothing to install: ``Storage`` numbers the writes, nothing to publish."""
+
+    dedups = False
 
     def __init__(self, storage: Storage, node: str = "local") -> None:
         self.storage = storage

@@ -506,7 +506,13 @@ class Hub:
     ) -> None:
         key = None
         if client_id is not None:
-            existing = self.storage.find_message(room, session.user, client_id)
+            # A resend: with a bus that dedups (Redis), the bus answers with the first
+            # seq, which spares a database lookup on every message.
+            existing = (
+                None
+                if self.bus.dedups
+                else self.storage.find_message(room, session.user, client_id)
+            )
             if existing is not None:
                 self._ack_again(session, ("room", room, existing.seq), existing)
                 return
@@ -563,6 +569,8 @@ class Hub:
         # A resend first: it was stored, so it is acknowledged even if ``to`` has gone since.
         key = None
         if client_id is not None:
+            # Looked up even when the bus dedups: a resend of a stored DM is acknowledged
+            # though its recipient has gone meanwhile.
             existing = self.storage.find_dm(session.user, client_id)
             if existing is not None:
                 self._ack_again(session, ("dm", "", existing.id), existing)

@@ -153,6 +153,9 @@ class RedisBus:
     once the loop exists; everything else is called on the loop thread.
     """
 
+    #: The Lua scripts look client ids up in Redis: no database lookup before a write.
+    dedups = True
+
     def __init__(
         self,
         url: str,

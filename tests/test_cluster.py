@@ -169,6 +169,8 @@ def test_a_resent_client_id_is_stored_once_across_nodes(cluster: Cluster) -> Non
     watcher = cluster.client(b, "name=watcher")
     alice = cluster.client(a, "name=alice")
     first = alice.say("lobby", "only once", "same-id")
+    # Sent again on the same node: Redis, not the node's database, finds the id.
+    assert alice.say("lobby", "only once", "same-id") == first
     alice.close()
     # A guest is known by its name: once b has seen alice go, she gets her name back there
     # and sends the message again with its id.
