@@ -157,18 +157,13 @@ class NodeState:
     rooms: dict[str, set[str]] = field(default_factory=dict)
     seen: float = 0.0
 
-    def copy(self) -> NodeState:
-        return NodeState(
-            set(self.users), {room: set(users) for room, users in self.rooms.items()}, self.seen
-        )
-
 
 class RemoteNodes:
     """The other nodes' users and rooms, kept from their events and snapshots.
 
-    Every change goes through ``replace``; the hub compares what the whole cluster shows
-    before and after it (a user's first session anywhere, its last one gone) and turns
-    the differences into presence messages for its own clients.
+    The hub changes ``nodes`` in place (``Hub._remote_change``), comparing what the
+    whole cluster shows before and after (a user's first session anywhere, its last one
+    gone) to tell its own clients.
     """
 
     def __init__(self) -> None:
@@ -192,15 +187,6 @@ class RemoteNodes:
             result |= state.rooms.get(room, set())
         return result
 
-    def state(self, node: str) -> NodeState:
-        """A copy of what is known of ``node`` (empty if nothing), to change and replace."""
-        known = self.nodes.get(node)
-        return known.copy() if known is not None else NodeState()
-
-    def replace(self, node: str, new: NodeState) -> None:
-        """Make ``new`` what is known of ``node``."""
-        self.nodes[node] = new
-
     def forget(self, node: str) -> None:
         """``node`` said goodbye or fell silent (after its users were replaced by none)."""
         self.nodes.pop(node, None)
@@ -210,13 +196,9 @@ class RemoteNodes:
         return [node for node, state in self.nodes.items() if now - state.seen > timeout]
 
 
-def snapshot_state(users: Iterable[str], rooms: dict[str, Iterable[str]], seen: float) -> NodeState:
+def snapshot_state(users: Iterable[str], rooms: dict[str, Iterable[str]]) -> NodeState:
     """A ``NodeState`` from a snapshot event's lists."""
-    return NodeState(
-        set(users),
-        {room: set(members) for room, members in rooms.items() if members},
-        seen,
-    )
+    return NodeState(set(users), {room: set(members) for room, members in rooms.items() if members})
 
 
 def redacted(url: str) -> str:

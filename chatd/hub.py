@@ -756,11 +756,11 @@ class Hub:
 
     def _tell_sender(self, room: str, seq: int, user: str, status: str) -> None:
         """Pass ``user``'s receipt for ``seq`` to the sender's sessions on this node."""
-        found, _ = self.storage.history(room, seq + 1, 1)
-        if not found or found[-1].seq != seq or found[-1].sender == user:
+        message = self.storage.message_at(room, seq)
+        if message is None or message.sender == user:
             return
         event = {"type": "receipt", "room": room, "seq": seq, "user": user, "status": status}
-        for each in self.users.get(found[-1].sender, ()):
+        for each in self.users.get(message.sender, ()):
             each.send(event)
 
     # --- delivery ------------------------------------------------------------------------------
@@ -935,30 +935,21 @@ class Hub:
             self._remote_update(node, NodeState())
             self.remote.forget(node)
             return
-        state = self.remote.state(node)
-        state.seen = self.clock()
+        user = str(event.get("user", ""))
         if op == "state":
-            state = snapshot_state(event["users"], event["rooms"], state.seen)
-        elif op == "online":
-            state.users.add(str(event["user"]))
-        elif op == "offline":
-            state.users.discard(str(event["user"]))
-        elif op == "join":
-            state.rooms.setdefault(str(event["room"]), set()).add(str(event["user"]))
-        elif op == "leave":
-            members = state.rooms.get(str(event["room"]), set())
-            members.discard(str(event["user"]))
-            if not members:
-                state.rooms.pop(str(event["room"]), None)
+            self._remote_update(node, snapshot_state(event["users"], event["rooms"]))
+        elif op in ("online", "offline"):
+            self._remote_change(node, {user: op == "online"}, {})
+        elif op in ("join", "leave"):
+            self._remote_change(node, {}, {(str(event["room"]), user): op == "join"})
         elif op == "rename":
-            self._remote_rename(node, state, str(event["old"]), str(event["user"]))
-            return
+            self._remote_rename(node, str(event["old"]), user)
         else:
             logger.debug("unknown bus event %r from %s", op, node)
-            return
-        self._remote_update(node, state)
 
-    def _remote_rename(self, node: str, state: NodeState, old: str, new: str) -> None:
+    def _remote_rename(self, node: str, old: str, new: str) -> None:
+        state = self.remote.nodes.setdefault(node, NodeState())
+        state.seen = self.clock()
         if old in state.users:
             state.users.discard(old)
             state.users.add(new)
@@ -966,33 +957,52 @@ class Hub:
             if old in members:
                 members.discard(old)
                 members.add(new)
-        self.remote.replace(node, state)
         self._broadcast_all({"type": "presence", "event": "rename", "user": new, "old": old})
 
     def _remote_update(self, node: str, new: NodeState) -> None:
-        """Replace what is known of ``node``; tell this node's clients what changed for
-        the cluster as a whole (a user online or in a room on no node before, or no more).
+        """Make ``new`` what is known of ``node`` (its snapshot; empty: it is gone), by
+        the differences from what was known.
         """
         old = self.remote.nodes.get(node, NodeState())
-        users = sorted(old.users ^ new.users)
-        pairs = sorted(
-            (room, user)
+        users = {user: user in new.users for user in old.users ^ new.users}
+        pairs = {
+            (room, user): user in new.rooms.get(room, ())
             for room in set(old.rooms) | set(new.rooms)
             for user in old.rooms.get(room, set()) ^ new.rooms.get(room, set())
-        )
-        for room in new.rooms:
-            self.storage.ensure_room(room, now_ms())  # listed here too (/api/rooms)
-        for user in new.users - old.users:
-            self.storage.ensure_user(user, now_ms())
-        for user in old.users - new.users:
-            self._left_elsewhere[user] = self.clock()
+        }
+        self._remote_change(node, users, pairs)
+
+    def _remote_change(
+        self, node: str, users: dict[str, bool], pairs: dict[tuple[str, str], bool]
+    ) -> None:
+        """Apply what ``node`` says changed (user -> online there, (room, user) -> in that
+        room there) and tell this node's clients what changed for the cluster as a whole:
+        a user online or in a room on no node before, or on none any more. The work is
+        the size of the change, not of the node's state.
+        """
+        state = self.remote.nodes.setdefault(node, NodeState())
+        state.seen = self.clock()
         online = {user: self._online_anywhere(user) for user in users}
         present = {pair: self._in_room_anywhere(pair[1], pair[0]) for pair in pairs}
-        self.remote.replace(node, new)
-        for user in users:
+        for user, here in users.items():
+            if here and user not in state.users:
+                state.users.add(user)
+                self.storage.ensure_user(user, now_ms())
+            elif not here and user in state.users:
+                state.users.discard(user)
+                self._left_elsewhere[user] = self.clock()
+        for (room, user), here in pairs.items():
+            if here:
+                state.rooms.setdefault(room, set()).add(user)
+                self.storage.ensure_room(room, now_ms())  # listed here too (/api/rooms)
+            elif (members := state.rooms.get(room)) is not None:
+                members.discard(user)
+                if not members:
+                    del state.rooms[room]
+        for user in sorted(users):
             if not online[user] and self._online_anywhere(user):
                 self._broadcast_all({"type": "presence", "event": "online", "user": user})
-        for room, user in pairs:
+        for room, user in sorted(pairs):
             now = self._in_room_anywhere(user, room)
             if now and not present[room, user]:
                 self._broadcast_room(
@@ -1000,7 +1010,7 @@ class Hub:
                 )
             elif present[room, user] and not now:
                 self._announce_leave(user, room)
-        for user in users:
+        for user in sorted(users):
             if online[user] and not self._online_anywhere(user):
                 self._broadcast_all({"type": "presence", "event": "offline", "user": user})
 

@@ -551,35 +551,43 @@ class RedisBus:
 
     def _room_log(self, client: Any, room: str, after: int, until: int) -> list[Item]:
         """Messages ``after`` < seq <= ``until`` of ``room`` from its durable log."""
-        found: list[Item] = []
-        start = after + 1
-        while start <= until:
-            entries = client.xrange(
-                f"{self.prefix}:log:{room}", f"{start}-0", f"{until}-0", count=BATCH
-            )
-            if not entries:
-                break
-            for entry_id, fields in entries:
-                seq = int(entry_id.split(b"-")[0])
-                found.append(_message(room, seq, fields))
-                start = seq + 1
-        if start <= until:
-            logger.error("room %s: seqs %d-%d are missing from Redis", room, start, until)
-        return found
+        return self._log(
+            client,
+            f"{self.prefix}:log:{room}",
+            f"room {room}",
+            after,
+            until,
+            lambda seq, fields: _message(room, seq, fields),
+        )
 
     def _dm_log(self, client: Any, after: int, until: int) -> list[Item]:
+        """DMs ``after`` < id <= ``until`` from their durable log."""
+        return self._log(client, f"{self.prefix}:dms", "DMs", after, until, _dm)
+
+    def _log(  # noqa: PLR0917 - a range of one log
+        self,
+        client: Any,
+        key: str,
+        what: str,
+        after: int,
+        until: int,
+        make: Callable[[int, dict[bytes, bytes]], Item],
+    ) -> list[Item]:
+        """The entries ``after`` < number <= ``until`` of the log stream ``key`` (entry
+        id "<number>-0"), page by page; a hole is logged, not waited for.
+        """
         found: list[Item] = []
         start = after + 1
         while start <= until:
-            entries = client.xrange(f"{self.prefix}:dms", f"{start}-0", f"{until}-0", count=BATCH)
+            entries = client.xrange(key, f"{start}-0", f"{until}-0", count=BATCH)
             if not entries:
                 break
             for entry_id, fields in entries:
-                dm_id = int(entry_id.split(b"-")[0])
-                found.append(_dm(dm_id, fields))
-                start = dm_id + 1
+                number = int(entry_id.split(b"-")[0])
+                found.append(make(number, fields))
+                start = number + 1
         if start <= until:
-            logger.error("DMs %d-%d are missing from Redis", start, until)
+            logger.error("%s: %d-%d are missing from Redis", what, start, until)
         return found
 
     def _catch_up(self, client: Any) -> None:
@@ -588,13 +596,14 @@ class RedisBus:
         """
         p = self.prefix
         rooms = sorted(name.decode() for name in client.smembers(f"{p}:rooms"))
+        in_redis = set(rooms)
         for offset in range(0, len(rooms), BATCH):
             names = rooms[offset : offset + BATCH]
             lasts = client.mget([f"{p}:seq:{room}" for room in names])
             for room, last in zip(names, lasts, strict=True):
                 self._catch_up_room(client, room, int(last or 0))
         for room, known in self._known.items():
-            if room not in rooms and known:
+            if room not in in_redis and known:
                 self._catch_up_room(client, room, 0)
         last_dm = int(client.get(f"{p}:dmseq") or 0)
         if last_dm < self._known_dm:

@@ -94,6 +94,24 @@ def stop(process: subprocess.Popen[str]) -> str:
     return process.stderr.read()
 
 
+def expect_welcome(port: int, process: subprocess.Popen[str], *, open_timeout: float) -> None:
+    """Connect to chatd on ``port`` until it answers with ``welcome`` (retried while the
+    process lives, for at most ``TIMEOUT`` seconds).
+    """
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            with websockets_connect(
+                f"ws://127.0.0.1:{port}/ws?name=a", open_timeout=open_timeout
+            ) as ws:
+                assert json.loads(ws.recv(TIMEOUT))["type"] == "welcome"
+            return
+        except (OSError, TimeoutError):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise
+            time.sleep(0.1)
+
+
 def port_of(status: str) -> int:
     return int(status.rsplit(":", 1)[1].strip("/"))
 
@@ -171,16 +189,7 @@ def test_socket_activation_with_sockets_passed_in(tmp_path: Path) -> None:
     )
     listener.close()
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                with websockets_connect(f"ws://127.0.0.1:{port}/ws?name=a", open_timeout=2) as ws:
-                    assert json.loads(ws.recv(TIMEOUT))["type"] == "welcome"
-                break
-            except (OSError, TimeoutError):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.1)
+        expect_welcome(port, process, open_timeout=2)
     finally:
         log = stop(process)
     assert "socket activation" in log
@@ -215,17 +224,8 @@ def test_socket_activation_with_systemd_socket_activate(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                # The first connection starts chatd, which inherits the listening socket.
-                with websockets_connect(f"ws://127.0.0.1:{port}/ws?name=a", open_timeout=5) as ws:
-                    assert json.loads(ws.recv(TIMEOUT))["type"] == "welcome"
-                break
-            except (OSError, TimeoutError):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.1)
+        # The first connection starts chatd, which inherits the listening socket.
+        expect_welcome(port, process, open_timeout=5)
     finally:
         log = stop(process)
     assert "Traceback" not in log
